@@ -1,0 +1,1 @@
+"""Fused Triton kernels for HSTU (jagged attention with relative bias, fused norms)."""

@@ -1,0 +1,162 @@
+"""GRModule: item embeddings + a zoo backbone + the retrieval head and metrics, as a LightningModule.
+
+Training is autoregressive next-item prediction with sampled softmax at every position; evaluation
+scores the last position of each held-out history against the whole catalogue (HSTU paper, Sec. 4.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from gr_lightning.batch import JaggedBatch
+from gr_lightning.metrics import DEFAULT_HR_KS, DEFAULT_NDCG_KS, RetrievalMetrics, mask_history, target_ranks
+from gr_lightning.nn import PositionalInputEncoder, SampledSoftmaxLoss, next_item_pairs
+from gr_lightning.zoo import Backbone
+
+BackboneFactory = Callable[[int, int], Backbone]
+
+
+def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW as in the paper's retrieval recipe: lr 1e-3, betas (0.9, 0.98), no weight decay."""
+    return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.98), weight_decay=0.0)
+
+
+class GRModule(L.LightningModule):
+    """A generative retrieval model.
+
+    Args:
+        backbone: A zoo backbone, called with ``(embedding_dim, max_seq_len)``; in YAML a ``class_path``
+            (short class name such as ``HSTU`` or a full import path) with its ``init_args``.
+        num_items: Catalogue size; ids are ``1..num_items`` (linked from the DataModule).
+        max_seq_len: Longest history (linked from the DataModule).
+        embedding_dim: Width D of item embeddings and of the backbone.
+        input_dropout: Dropout on the encoded input tokens.
+        num_negatives: Uniform catalogue negatives per position.
+        in_batch_negatives: Extra in-batch negatives per position, logQ-corrected (0: off).
+        temperature: Softmax temperature on cosine similarities.
+        filter_history: Exclude the user's history from the ranking at evaluation and prediction.
+        hr_ks: Hit-rate cut-offs.
+        ndcg_ks: NDCG cut-offs.
+        predict_top_k: Items returned per user by ``predict``.
+        optimizer: Optimizer factory (AdamW per the paper by default).
+        lr_scheduler: Optional scheduler factory.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneFactory,
+        num_items: int,
+        max_seq_len: int,
+        embedding_dim: int = 50,
+        input_dropout: float = 0.2,
+        num_negatives: int = 128,
+        in_batch_negatives: int = 0,
+        temperature: float = 0.05,
+        filter_history: bool = True,
+        hr_ks: tuple[int, ...] = DEFAULT_HR_KS,
+        ndcg_ks: tuple[int, ...] = DEFAULT_NDCG_KS,
+        predict_top_k: int = 100,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if num_items < 1:
+            raise ValueError(f"num_items must be >= 1, got {num_items} (is the DataModule linked?)")
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"], logger=False)
+        self.item_embedding = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
+        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
+        self.input_encoder = PositionalInputEncoder(embedding_dim, max_seq_len, input_dropout)
+        self.backbone = backbone(embedding_dim, max_seq_len)
+        if not isinstance(self.backbone, Backbone):
+            raise TypeError(f"backbone factory returned {type(self.backbone).__name__}, not a zoo Backbone")
+        self.loss_fn = SampledSoftmaxLoss(num_negatives, temperature, in_batch_negatives)
+        # Filled from the DataModule's training item counts in setup(); only in-batch negatives use it.
+        self.register_buffer("item_log_q", torch.zeros(num_items + 1), persistent=False)
+        self.filter_history = filter_history
+        self.predict_top_k = predict_top_k
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.val_metrics = RetrievalMetrics(hr_ks, ndcg_ks)
+        self.test_metrics = RetrievalMetrics(hr_ks, ndcg_ks)
+
+    # --- model -------------------------------------------------------------------------------------
+
+    def encode(self, batch: JaggedBatch) -> Tensor:
+        """L2-normalised backbone output at every event. ``(sum_N, D)``."""
+        x = self.input_encoder(self.item_embedding(batch.items), batch.offsets)
+        return F.normalize(self.backbone(x, batch.offsets, batch.max_len, batch.timestamps), dim=-1)
+
+    def item_table(self) -> Tensor:
+        """L2-normalised item embeddings, row 0 the padding id. ``(num_items + 1, D)``."""
+        return F.normalize(self.item_embedding.weight, dim=-1)
+
+    def score_catalogue(self, batch: JaggedBatch) -> Tensor:
+        """Cosine score of every item for the last position of each sequence. ``(B, num_items + 1)``."""
+        query = self.encode(batch)[batch.last_index()]  # (B, D)
+        return query @ self.item_table().T
+
+    # --- Lightning hooks ---------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Take the training item frequencies from the DataModule for the logQ correction."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.loss_fn.in_batch_negatives and datamodule is not None and hasattr(datamodule, "item_counts"):
+            counts = torch.as_tensor(datamodule.item_counts(), dtype=torch.float64).clamp(min=1.0)
+            self.item_log_q.copy_(torch.log(counts / counts.sum()).to(self.item_log_q.dtype))
+
+    def training_step(self, batch: JaggedBatch, batch_idx: int) -> Tensor:
+        """Sampled-softmax loss over every position that has a next item."""
+        out = self.encode(batch)
+        rows, positives = next_item_pairs(batch.items, batch.offsets)
+        loss = self.loss_fn(out[rows], positives, self.item_table(), self.item_log_q)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.batch_size)
+        return loss
+
+    def _ranks(self, batch: JaggedBatch) -> Tensor:
+        if batch.targets is None:
+            raise ValueError("evaluation batches must carry targets")
+        scores = self.score_catalogue(batch).float()
+        history = batch.items if self.filter_history else None
+        return target_ranks(scores, batch.targets, history, batch.offsets)
+
+    def validation_step(self, batch: JaggedBatch, batch_idx: int) -> None:
+        """Rank each validation target against the catalogue."""
+        self.val_metrics.update(self._ranks(batch))
+
+    def test_step(self, batch: JaggedBatch, batch_idx: int) -> None:
+        """Rank each test target against the catalogue."""
+        self.test_metrics.update(self._ranks(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log and reset the validation metrics."""
+        self.log_dict({f"val/{k}": v for k, v in self.val_metrics.compute().items()}, prog_bar=False)
+        self.val_metrics.reset()
+
+    def on_test_epoch_end(self) -> None:
+        """Log and reset the test metrics."""
+        self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: JaggedBatch, batch_idx: int) -> dict[str, Tensor]:
+        """Top-K items per user (history filtered as configured) with their scores."""
+        scores = self.score_catalogue(batch).float()
+        if self.filter_history:
+            mask_history(scores, batch.items, batch.offsets)
+        else:
+            scores[:, 0] = float("-inf")
+        k = min(self.predict_top_k, scores.shape[1] - 1)
+        top = scores.topk(k, dim=1)
+        users = batch.users if batch.users is not None else torch.arange(batch.batch_size)
+        return {"users": users, "items": top.indices, "scores": top.values}
+
+    def configure_optimizers(self):  # noqa: D102 (Lightning's contract)
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}

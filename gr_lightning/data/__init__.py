@@ -1,0 +1,50 @@
+"""Data layer: sources, preprocessing to a memory-mapped cache, leave-one-out DataModules."""
+
+from gr_lightning.data.collate import gather_batch
+from gr_lightning.data.datamodule import RetrievalDataModule
+from gr_lightning.data.download import download, extract_zip
+from gr_lightning.data.errors import DataError, DownloadError
+from gr_lightning.data.preprocess import build_sequences
+from gr_lightning.data.sources import (
+    BOOKS_URL,
+    AmazonReviews,
+    DataSource,
+    DownloadableSource,
+    EventLog,
+    MovieLens1M,
+    MovieLens20M,
+    MovieLens100K,
+    Synthetic,
+    data_dir,
+    default_root,
+    k_core,
+)
+from gr_lightning.data.split import SplitIndex, eligible_users, leave_one_out
+from gr_lightning.data.store import CorruptCacheError, SequenceStore
+
+__all__ = [
+    "BOOKS_URL",
+    "AmazonReviews",
+    "CorruptCacheError",
+    "DataError",
+    "DataSource",
+    "DownloadError",
+    "DownloadableSource",
+    "EventLog",
+    "MovieLens1M",
+    "MovieLens20M",
+    "MovieLens100K",
+    "RetrievalDataModule",
+    "SequenceStore",
+    "SplitIndex",
+    "Synthetic",
+    "build_sequences",
+    "data_dir",
+    "default_root",
+    "download",
+    "eligible_users",
+    "extract_zip",
+    "gather_batch",
+    "k_core",
+    "leave_one_out",
+]

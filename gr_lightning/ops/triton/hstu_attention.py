@@ -1,0 +1,614 @@
+"""Fused jagged HSTU attention in Triton (Zhai et al. 2024, Eq. 2), forward and backward.
+
+``A(i, j) = SiLU(alpha * q_i . k_j + rab_p(i - j) + rab_t(i, j)) / n`` for allowed ``(i, j)``, else 0,
+``out_i = sum_j A(i, j) v_j``. There is no softmax, so a query tile needs no running maximum: each key
+tile's contribution is final once it is added. Fully masked tiles are never visited (causal: the lower
+triangle; with a window: the band plus the contextual columns and the candidate rows).
+
+The backward recomputes ``S = alpha * Q K^T + bias`` per tile and iterates over query tiles for a fixed
+key tile (accumulating dK, dV in registers); dQ and the bias-table gradients are accumulated with fp32
+atomics. Semantics match :func:`gr_lightning.ops.pytorch.hstu_attention` exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+#: Width of one temporal bucket in log-seconds; must equal the reference's ``TIME_BUCKET_WIDTH``.
+_TIME_BUCKET_WIDTH: tl.constexpr = tl.constexpr(0.301)
+
+#: Tests set this to a float (NaN) so that outputs start poisoned and unwritten elements show.
+_POISON: float | None = None
+
+#: Tests set this to ``(BLOCK_M, BLOCK_N)`` pairs to force the interpreter's tile shapes.
+_INTERPRET_FWD_BLOCKS: tuple[int, int] = (16, 16)
+_INTERPRET_BWD_BLOCKS: tuple[int, int] = (16, 16)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(int(x) - 1, 0).bit_length()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Element-wise helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _sigmoid(s, FAST: tl.constexpr):
+    """``sigmoid(s)``; FAST uses one ``tanh.approx`` (one MUFU op instead of ex2 + rcp)."""
+    if FAST:
+        t = tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=r,r", [s * 0.5], dtype=tl.float32, is_pure=True, pack=1
+        )
+        return 0.5 * t + 0.5
+    else:
+        return tl.sigmoid(s)
+
+
+@triton.jit
+def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """Return ``a @ b`` with fp32 accumulation; UPCAST works around the CPU interpreter's broken bf16 dot."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _allowed(i, j, seq_len, hist_end, num_contextual, window,
+             HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """Evaluate the reference's ``attention_mask`` at broadcastable query ``i`` and key ``j`` positions."""
+    rule = j <= i
+    if HAS_TARGETS:
+        rule = rule & (j < hist_end)
+    if HAS_WINDOW:
+        if HAS_CONTEXT:  # noqa: SIM108 (constexpr branches)
+            rule = rule & ((i - j <= window) | (j < num_contextual))
+        else:
+            rule = rule & (i - j <= window)
+    if HAS_CONTEXT:
+        rule = rule | ((i < num_contextual) & (j < hist_end))
+    if HAS_TARGETS:
+        rule = tl.where(i < hist_end, rule, (j < hist_end) | (j == i))
+    return rule & (i < seq_len) & (j < seq_len)
+
+
+@triton.jit
+def _pos_index(i, j, scale_len):
+    """Row of the positional table: ``clamp(i - j, -(n-1), n-1) + n - 1``."""
+    rel = tl.minimum(tl.maximum(i - j, 1 - scale_len), scale_len - 1)
+    return rel + scale_len - 1
+
+
+@triton.jit
+def _time_index(next_ts, ts, num_buckets):
+    """Temporal bucket: ``clamp(floor(ln(max(|next_ts - ts|, 1)) / 0.301), 0, num_buckets)``."""
+    gap = tl.maximum(tl.abs(next_ts - ts), 1).to(tl.float32)
+    bucket = tl.floor(tl.log(gap) / _TIME_BUCKET_WIDTH)
+    bucket = tl.minimum(tl.maximum(bucket, 0.0), num_buckets * 1.0)
+    return bucket.to(tl.int32)
+
+
+@triton.jit
+def _load_next_ts(Ts, seq_start, pos, seq_len):
+    """Request time of rows at ``pos``: the next event's time, the last one repeated."""
+    nxt = tl.minimum(pos + 1, seq_len - 1)
+    return tl.load(Ts + seq_start + nxt, mask=pos < seq_len, other=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_tile(acc, q, K, V, Ts, PosBias, TimeBias, next_ts, offs_m, start_n, seq_start, seq_len, hist_end,
+              stride_kn, stride_vn, alpha, inv_scale, scale_len, num_contextual, window, num_buckets,
+              offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
+              BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+              HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
+              UPCAST: tl.constexpr):
+    """Add one key tile's contribution ``SiLU(S) / n @ V`` to ``acc``; unmasked tiles skip every check."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    rows = (seq_start + offs_n).to(tl.int64)
+    k_ptrs = K + rows[:, None] * stride_kn + offs_dqk[None, :]
+    v_ptrs = V + rows[:, None] * stride_vn + offs_dv[None, :]
+    if MASKED:
+        k = tl.load(k_ptrs, mask=(offs_n[:, None] < seq_len) & (offs_dqk[None, :] < D_QK), other=0.0)
+        v = tl.load(v_ptrs, mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V), other=0.0)
+    else:
+        if BLOCK_DQK == D_QK:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=offs_dqk[None, :] < D_QK, other=0.0)
+        if BLOCK_DV == D_V:  # noqa: SIM108
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=offs_dv[None, :] < D_V, other=0.0)
+    s = _dot(q, tl.trans(k), PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_N)
+    i = offs_m[:, None]
+    j = offs_n[None, :]
+    if HAS_POS:
+        s += tl.load(PosBias + _pos_index(i, j, scale_len)).to(tl.float32)
+    if HAS_TIME:
+        ts = tl.load(Ts + seq_start + offs_n, mask=offs_n < seq_len, other=0)
+        s += tl.load(TimeBias + _time_index(next_ts[:, None], ts[None, :], num_buckets)).to(tl.float32)
+    a = s * _sigmoid(s, FAST) * inv_scale
+    if MASKED:
+        ok = _allowed(i, j, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW)
+        a = tl.where(ok, a, 0.0)
+    acc += _dot(a.to(v.dtype), v, PREC, UPCAST)
+    return acc
+
+
+@triton.jit
+def _hstu_fwd_kernel(
+    Q, K, V, Out, Offsets, NumTargets, PosBias, TimeBias, Ts,
+    stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
+    alpha, inv_scale, scale_len, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
+    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    # Longest rows first: query tile m needs ~m key tiles, so the heaviest programs start first.
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    seq_start = tl.load(Offsets + b)
+    seq_len = (tl.load(Offsets + b + 1) - seq_start).to(tl.int32)
+    start_m = pid_m * BLOCK_M
+    if start_m >= seq_len:
+        return
+    hist_end = seq_len
+    if HAS_TARGETS:
+        hist_end = seq_len - tl.load(NumTargets + b).to(tl.int32)
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_rows = (seq_start + offs_m).to(tl.int64)
+    q = tl.load(Q + h * stride_qh + q_rows[:, None] * stride_qn + offs_dqk[None, :],
+                mask=(offs_m[:, None] < seq_len) & (offs_dqk[None, :] < D_QK), other=0.0)
+    Kh = K + h * stride_kh
+    Vh = V + h * stride_vh
+    next_ts = tl.zeros([BLOCK_M], dtype=tl.int32)
+    if HAS_TIME:
+        next_ts = _load_next_ts(Ts, seq_start, offs_m, seq_len)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+
+    # Key range [lo, hi) that any row of this tile may see; [full_lo, full_hi) needs no mask.
+    hi = tl.minimum(start_m + BLOCK_M, seq_len)
+    if HAS_CONTEXT:  # noqa: SIM102 (a constexpr guard around a run-time test)
+        if start_m < num_contextual:
+            hi = seq_len
+    full_hi = (tl.minimum(start_m, hist_end) // BLOCK_N) * BLOCK_N
+    lo = start_m * 0
+    full_lo = start_m * 0
+    if HAS_WINDOW:
+        narrow = start_m + BLOCK_M <= hist_end  # no candidate row: every row is windowed
+        if HAS_CONTEXT:
+            narrow = narrow & (start_m >= num_contextual)
+        if narrow:
+            lo = (tl.maximum(start_m - window, 0) // BLOCK_N) * BLOCK_N
+            full_lo = tl.cdiv(tl.maximum(start_m + BLOCK_M - 1 - window, 0), BLOCK_N) * BLOCK_N
+            full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+            if HAS_CONTEXT:
+                # Contextual key columns stay visible to every history row.
+                for start_n in range(0, tl.minimum(tl.cdiv(num_contextual, BLOCK_N) * BLOCK_N, lo), BLOCK_N):
+                    acc = _fwd_tile(acc, q, Kh, Vh, Ts, PosBias, TimeBias, next_ts, offs_m, start_n,
+                                    seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
+                                    scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                                    D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
+                                    HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST)
+        else:
+            full_lo = full_hi  # mixed rows: every tile is masked
+        for start_n in range(lo, full_lo, BLOCK_N):
+            acc = _fwd_tile(acc, q, Kh, Vh, Ts, PosBias, TimeBias, next_ts, offs_m, start_n,
+                            seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
+                            scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                            D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
+                            HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST)
+    mid = tl.maximum(full_hi, full_lo)
+    for start_n in range(full_lo, full_hi, BLOCK_N):
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, PosBias, TimeBias, next_ts, offs_m, start_n,
+                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
+                        scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                        D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT,
+                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST)
+    for start_n in range(mid, hi, BLOCK_N):
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, PosBias, TimeBias, next_ts, offs_m, start_n,
+                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
+                        scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                        D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
+                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST)
+
+    o_ptrs = Out + h * stride_oh + q_rows[:, None] * stride_on + offs_dv[None, :]
+    o_mask = (offs_m[:, None] < seq_len) & (offs_dv[None, :] < D_V)
+    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=o_mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backward: one program per (sequence, head, key tile); dK, dV in registers, dQ and bias grads by atomics
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, PosBias, TimeBias, DPos, DTime, ts_k, offs_n, start_m,
+              seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn,
+              alpha, inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+              D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
+              HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr,
+              GRAD_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    """One query tile against the program's key tile, in the transposed orientation ``(BLOCK_N, BLOCK_M)``."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < seq_len
+    rows = (seq_start + offs_m).to(tl.int64)
+    q = tl.load(Q + rows[:, None] * stride_qn + offs_dqk[None, :],
+                mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_don + offs_dv[None, :],
+                 mask=row_ok[:, None] & (offs_dv[None, :] < D_V), other=0.0)
+    s = _dot(k, tl.trans(q), PREC, UPCAST) * alpha  # (BLOCK_N, BLOCK_M) = S^T
+    i = offs_m[None, :]
+    j = offs_n[:, None]
+    if HAS_POS:
+        pos_idx = _pos_index(i, j, scale_len)
+        s += tl.load(PosBias + pos_idx).to(tl.float32)
+    if HAS_TIME:
+        next_ts = _load_next_ts(Ts, seq_start, offs_m, seq_len)
+        time_idx = _time_index(next_ts[None, :], ts_k[:, None], num_buckets)
+        s += tl.load(TimeBias + time_idx).to(tl.float32)
+    sig = _sigmoid(s, False)
+    a = s * sig * inv_scale
+    da = _dot(v, tl.trans(do), PREC, UPCAST)  # (BLOCK_N, BLOCK_M) = dA^T
+    ds = da * sig * (1.0 + s * (1.0 - sig)) * inv_scale
+    if MASKED:
+        ok = _allowed(i, j, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW)
+        a = tl.where(ok, a, 0.0)
+        ds = tl.where(ok, ds, 0.0)
+    else:
+        ok = row_ok[None, :] & (offs_n[:, None] < seq_len)
+    dv += _dot(a.to(do.dtype), do, PREC, UPCAST)
+    ds_lp = ds.to(q.dtype)
+    dk += _dot(ds_lp, q, PREC, UPCAST)
+    dq = _dot(tl.trans(ds_lp), k, PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_DQK)
+    tl.atomic_add(DQ + rows[:, None] * stride_dqn + offs_dqk[None, :], dq,
+                  mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), sem="relaxed")
+    if GRAD_POS:
+        tl.atomic_add(DPos + pos_idx, ds, mask=ok, sem="relaxed")
+    if GRAD_TIME:
+        tl.atomic_add(DTime + time_idx, ds, mask=ok, sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
+def _hstu_bwd_kernel(
+    Q, K, V, DO, DQ, DK, DV, Offsets, NumTargets, PosBias, TimeBias, Ts, DPos, DTime,
+    stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
+    stride_dqn, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
+    alpha, inv_scale, scale_len, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
+    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_n = tl.program_id(1)  # key tile n sees ~(N - n) query tiles: natural order is longest first
+    b = pid_bh // H
+    h = pid_bh % H
+    seq_start = tl.load(Offsets + b)
+    seq_len = (tl.load(Offsets + b + 1) - seq_start).to(tl.int32)
+    start_n = pid_n * BLOCK_N
+    if start_n >= seq_len:
+        return
+    hist_end = seq_len
+    if HAS_TARGETS:
+        hist_end = seq_len - tl.load(NumTargets + b).to(tl.int32)
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k_rows = (seq_start + offs_n).to(tl.int64)
+    k = tl.load(K + h * stride_kh + k_rows[:, None] * stride_kn + offs_dqk[None, :],
+                mask=(offs_n[:, None] < seq_len) & (offs_dqk[None, :] < D_QK), other=0.0)
+    v = tl.load(V + h * stride_vh + k_rows[:, None] * stride_vn + offs_dv[None, :],
+                mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V), other=0.0)
+    ts_k = tl.zeros([BLOCK_N], dtype=tl.int32)
+    if HAS_TIME:
+        ts_k = tl.load(Ts + seq_start + offs_n, mask=offs_n < seq_len, other=0)
+    Qh = Q + h * stride_qh
+    DOh = DO + h * stride_doh
+    DQh = DQ + h * stride_dqh
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+
+    # Query tiles [m_lo, m_diag) straddle the diagonal (masked); [m_diag, m_hi) are below it.
+    m_lo = (start_n // BLOCK_M) * BLOCK_M
+    m_diag = m_lo + tl.cdiv(tl.minimum(start_n + BLOCK_N, seq_len) - m_lo, BLOCK_M) * BLOCK_M
+    m_hi = seq_len
+    key_is_history = start_n < hist_end
+    if HAS_TARGETS:  # noqa: SIM102
+        if start_n >= hist_end:
+            m_hi = m_diag  # candidate keys are seen by their own row only
+    m_cand = seq_len  # with a window: candidate rows [m_cand, seq_len) see every history key
+    if HAS_WINDOW:
+        windowed = key_is_history
+        if HAS_CONTEXT:
+            windowed = windowed & (start_n >= num_contextual)
+        if windowed:
+            band_hi = tl.minimum(start_n + BLOCK_N + window, m_hi)
+            m_hi = tl.maximum(m_lo + tl.cdiv(band_hi - m_lo, BLOCK_M) * BLOCK_M, m_diag)
+            if HAS_TARGETS:
+                m_cand = tl.maximum((hist_end // BLOCK_M) * BLOCK_M, m_hi)
+    if HAS_CONTEXT:  # noqa: SIM102
+        if key_is_history:
+            # Contextual rows see every history key, also keys above the diagonal.
+            ctx_hi = tl.minimum(tl.cdiv(num_contextual, BLOCK_M) * BLOCK_M, m_lo)
+            for start_m in range(0, ctx_hi, BLOCK_M):
+                dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
+                                   offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
+                                   stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
+                                   num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
+                                   HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
+                                   PREC, UPCAST)
+    for start_m in range(m_lo, m_diag, BLOCK_M):
+        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
+                           offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
+                           stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
+                           num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
+                           HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
+                                   PREC, UPCAST)
+    below_masked = HAS_WINDOW
+    if HAS_TARGETS:
+        below_masked = below_masked | (start_n + BLOCK_N > hist_end)
+    if below_masked:
+        for start_m in range(m_diag, m_hi, BLOCK_M):
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
+                               offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
+                               stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
+                               num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
+                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
+                                   PREC, UPCAST)
+    else:
+        for start_m in range(m_diag, m_hi, BLOCK_M):
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
+                               offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
+                               stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
+                               num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, False, HAS_TARGETS,
+                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
+                                   PREC, UPCAST)
+    if HAS_WINDOW:
+        for start_m in range(m_cand, seq_len, BLOCK_M):
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
+                               offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
+                               stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
+                               num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
+                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
+                                   PREC, UPCAST)
+
+    key_ok = offs_n[:, None] < seq_len
+    tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
+             (dk * alpha).to(DK.dtype.element_ty), mask=key_ok & (offs_dqk[None, :] < D_QK))
+    tl.store(DV + h * stride_dvh + k_rows[:, None] * stride_dvn + offs_dv[None, :],
+             dv.to(DV.dtype.element_ty), mask=key_ok & (offs_dv[None, :] < D_V))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launch configuration
+# ----------------------------------------------------------------------------------------------------
+
+_FWD_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 4)]
+]
+_BWD_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2)]
+]
+_KEY = ["MAX_LEN_BUCKET", "D_QK", "D_V", "HAS_TARGETS", "HAS_CONTEXT", "HAS_WINDOW", "HAS_POS", "HAS_TIME"]
+_fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY)(_hstu_fwd_kernel)
+_bwd_tuned = triton.autotune(configs=_BWD_CONFIGS, key=[*_KEY, "GRAD_POS", "GRAD_TIME"],
+                             reset_to_zero=["DQ", "DPos", "DTime"])(_hstu_bwd_kernel)
+
+
+def _launch(kernel, tuned, blocks: tuple[int, int], grid_fn, args: list, meta: dict) -> None:
+    """Run the autotuned kernel on GPU; under the interpreter use the fixed ``blocks`` (no benchmarking)."""
+    if _interpreting():
+        bm, bn = blocks
+        kernel[grid_fn({"BLOCK_M": bm, "BLOCK_N": bn})](*args, **meta, BLOCK_M=bm, BLOCK_N=bn)
+    else:
+        tuned[grid_fn](*args, **meta)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _flags(num_targets, num_contextual, window, pos_bias, time_bias) -> dict:
+    return {
+        "HAS_TARGETS": num_targets is not None,
+        "HAS_CONTEXT": num_contextual > 0,
+        "HAS_WINDOW": window is not None,
+        "HAS_POS": pos_bias is not None,
+        "HAS_TIME": time_bias is not None,
+    }
+
+
+def _last_dim_contiguous(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _alloc(like: Tensor, shape=None) -> Tensor:
+    shape = like.shape if shape is None else shape
+    if _POISON is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    return torch.full(shape, _POISON, dtype=like.dtype, device=like.device)
+
+
+def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
+             pos_bias, time_bias, timestamps) -> Tensor:
+    total, num_heads, d_qk = q.shape
+    d_v = v.shape[2]
+    out = _alloc(v)  # (sum_N, H, d_v)
+    batch = offsets.numel() - 1
+    if total == 0 or batch == 0 or max_len == 0:
+        return out
+    dummy = offsets
+    flags = _flags(num_targets, num_contextual, window, pos_bias, time_bias)
+    args = [
+        q, k, v, out, offsets,
+        num_targets if num_targets is not None else dummy,
+        pos_bias if pos_bias is not None else dummy,
+        time_bias if time_bias is not None else dummy,
+        timestamps if timestamps is not None else dummy,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1),
+        float(alpha), 1.0 / scale_len, int(scale_len), int(num_contextual), int(window or 0),
+        (time_bias.numel() - 1) if time_bias is not None else 0, num_heads, _next_pow2(max_len),
+    ]
+    meta = dict(
+        D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)), **flags,
+        FAST=(q.dtype != torch.float32 and not _interpreting()), PREC=_dot_precision(q.dtype),
+        UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
+    )
+
+    def grid(m):
+        return (batch * num_heads, triton.cdiv(max_len, m["BLOCK_M"]))
+
+    _launch(_hstu_fwd_kernel, _fwd_tuned, _INTERPRET_FWD_BLOCKS, grid, args, meta)
+    return out
+
+
+def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
+              pos_bias, time_bias, timestamps, grad_pos: bool, grad_time: bool):
+    total, num_heads, d_qk = q.shape
+    d_v = v.shape[2]
+    dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # (sum_N, H, d_qk), atomics
+    dk = _alloc(k)  # (sum_N, H, d_qk)
+    dv = _alloc(v)  # (sum_N, H, d_v)
+    dpos = torch.zeros(pos_bias.shape, dtype=torch.float32, device=q.device) if grad_pos else None
+    dtime = torch.zeros(time_bias.shape, dtype=torch.float32, device=q.device) if grad_time else None
+    batch = offsets.numel() - 1
+    if total > 0 and batch > 0 and max_len > 0:
+        dummy = offsets
+        flags = _flags(num_targets, num_contextual, window, pos_bias, time_bias)
+        args = [
+            q, k, v, do, dq32, dk, dv, offsets,
+            num_targets if num_targets is not None else dummy,
+            pos_bias if pos_bias is not None else dummy,
+            time_bias if time_bias is not None else dummy,
+            timestamps if timestamps is not None else dummy,
+            dpos if dpos is not None else dq32,
+            dtime if dtime is not None else dq32,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            do.stride(0), do.stride(1), dq32.stride(0), dq32.stride(1), dk.stride(0), dk.stride(1),
+            dv.stride(0), dv.stride(1),
+            float(alpha), 1.0 / scale_len, int(scale_len), int(num_contextual), int(window or 0),
+            (time_bias.numel() - 1) if time_bias is not None else 0, num_heads, _next_pow2(max_len),
+        ]
+        meta = dict(
+            D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)),
+            **flags, GRAD_POS=grad_pos, GRAD_TIME=grad_time, PREC=_dot_precision(q.dtype),
+        UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
+        )
+
+        def grid(m):
+            return (batch * num_heads, triton.cdiv(max_len, m["BLOCK_N"]))
+
+        _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args, meta)
+    else:
+        dk.zero_()
+        dv.zero_()
+    dpos = dpos.to(pos_bias.dtype) if dpos is not None else None
+    dtime = dtime.to(time_bias.dtype) if dtime is not None else None
+    return dq32.to(q.dtype), dk, dv, dpos, dtime
+
+
+class _HSTUAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
+                pos_bias, time_bias, timestamps):
+        out = _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
+                       pos_bias, time_bias, timestamps)
+        ctx.save_for_backward(q, k, v, offsets, num_targets, pos_bias, time_bias, timestamps)
+        ctx.args = (max_len, alpha, scale_len, num_contextual, window)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, offsets, num_targets, pos_bias, time_bias, timestamps = ctx.saved_tensors
+        max_len, alpha, scale_len, num_contextual, window = ctx.args
+        grad_pos = pos_bias is not None and ctx.needs_input_grad[10]
+        grad_time = time_bias is not None and ctx.needs_input_grad[11]
+        dq, dk, dv, dpos, dtime = _backward(
+            _last_dim_contiguous(do), q, k, v, offsets, max_len, alpha, scale_len, num_targets,
+            num_contextual, window, pos_bias, time_bias, timestamps, grad_pos, grad_time,
+        )
+        return dq, dk, dv, None, None, None, None, None, None, None, dpos, dtime, None
+
+
+def hstu_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    offsets: Tensor,
+    max_len: int,
+    *,
+    alpha: float,
+    scale_len: int,
+    num_targets: Tensor | None = None,
+    num_contextual: int = 0,
+    window: int | None = None,
+    pos_bias: Tensor | None = None,
+    time_bias: Tensor | None = None,
+    timestamps: Tensor | None = None,
+) -> Tensor:
+    """HSTU attention on jagged inputs, fused in Triton; same contract as the PyTorch reference.
+
+    Args:
+        q: ``(sum_N, H, d_qk)``; the last dimension contiguous (other strides are honoured).
+        k: ``(sum_N, H, d_qk)``.
+        v: ``(sum_N, H, d_v)``.
+        offsets: ``(B+1,)`` integer sequence boundaries on the same device.
+        max_len: Longest sequence in the batch (a Python int: the grid size; never read on device).
+        alpha: Scale of ``q . k``.
+        scale_len: The constant ``n`` dividing the weights; the positional table has ``2n - 1`` rows.
+        num_targets: ``(B,)`` candidates per sequence (target-aware mask), or None.
+        num_contextual: Contextual-prefix length.
+        window: Local attention window, or None.
+        pos_bias: ``(2 * scale_len - 1,)`` positional bias table, or None.
+        time_bias: ``(num_buckets + 1,)`` temporal bias table, or None.
+        timestamps: ``(sum_N,)`` event times in seconds; required with ``time_bias``.
+
+    Returns:
+        ``(sum_N, H, d_v)`` in the dtype of ``v``.
+
+    """
+    if time_bias is not None and timestamps is None:
+        raise ValueError("time_bias needs timestamps")
+    if pos_bias is not None and pos_bias.numel() != 2 * scale_len - 1:
+        raise ValueError(f"pos_bias needs 2 * scale_len - 1 rows, not {pos_bias.numel()}")
+    q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
+    pos_bias = pos_bias.reshape(-1) if pos_bias is not None else None
+    time_bias = time_bias.reshape(-1) if time_bias is not None else None
+    if timestamps is not None:
+        timestamps = timestamps.contiguous()
+    return _HSTUAttention.apply(q, k, v, offsets.contiguous(), int(max_len), float(alpha), int(scale_len),
+                                num_targets, int(num_contextual), window, pos_bias, time_bias, timestamps)
+
+
+__all__ = ["hstu_attention"]

@@ -1,0 +1,152 @@
+import sys
+
+import pytest
+import torch
+
+from gr_lightning.ops.pytorch.hstu_attention import hstu_attention as ref_attention
+from gr_lightning.ops.triton import hstu_attention
+
+triton_mod = sys.modules["gr_lightning.ops.triton.hstu_attention"]
+
+SCALE_LEN = 24  # the positional table has 2 * 24 - 1 rows; sequences are at most 20 long
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    """Outputs and dK/dV start as NaN: an element the kernel forgets to write fails the comparison."""
+    monkeypatch.setattr(triton_mod, "_POISON", float("nan"))
+
+
+def _rel_err(out, ref):
+    out = out.double()
+    assert torch.isfinite(out).all(), "non-finite (unwritten?) elements"
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def _case(seed, lengths, heads=2, d_qk=16, d_v=16, targets=None, pos=False, time=False,
+          dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths, dtype=torch.int64)
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    offsets[1:] = lengths.cumsum(0)
+    total = int(offsets[-1])
+    q = torch.randn(total, heads, d_qk, generator=gen).to(dtype)
+    k = torch.randn(total, heads, d_qk, generator=gen).to(dtype)
+    v = torch.randn(total, heads, d_v, generator=gen).to(dtype)
+    num_targets = None
+    if targets is not None:
+        capped = [min(t, int(n)) for t, n in zip(targets, lengths, strict=True)]
+        num_targets = torch.tensor(capped, dtype=torch.int64)
+    pos_bias = torch.randn(2 * SCALE_LEN - 1, generator=gen).to(dtype) if pos else None
+    time_bias = torch.randn(11, generator=gen).to(dtype) if time else None
+    timestamps = None
+    if time:
+        # increasing event times with gaps spanning several buckets; a few equal times
+        gaps = torch.randint(0, 300, (total,), generator=gen) * torch.randint(0, 2, (total,), generator=gen)
+        timestamps = 1_600_000_000 + gaps.cumsum(0)
+    return dict(q=q, k=k, v=v, offsets=offsets, max_len=int(lengths.max()) if len(lengths) else 0,
+                num_targets=num_targets, pos_bias=pos_bias, time_bias=time_bias, timestamps=timestamps)
+
+
+def _run_both(case, alpha=0.7, num_contextual=0, window=None, tol=2e-5):
+    kw = dict(alpha=alpha, scale_len=SCALE_LEN, num_targets=case["num_targets"],
+              num_contextual=num_contextual, window=window)
+    grads = ["q", "k", "v"] + [n for n in ("pos_bias", "time_bias") if case[n] is not None]
+    ours = {n: case[n].clone().requires_grad_(n in grads) if case[n] is not None else None
+            for n in ("q", "k", "v", "pos_bias", "time_bias")}
+    refs = {n: case[n].double().clone().requires_grad_(n in grads) if case[n] is not None else None
+            for n in ("q", "k", "v", "pos_bias", "time_bias")}
+    out = hstu_attention(ours["q"], ours["k"], ours["v"], case["offsets"], case["max_len"], **kw,
+                         pos_bias=ours["pos_bias"], time_bias=ours["time_bias"],
+                         timestamps=case["timestamps"])
+    ref = ref_attention(refs["q"], refs["k"], refs["v"], case["offsets"], case["max_len"], **kw,
+                                   pos_bias=refs["pos_bias"], time_bias=refs["time_bias"],
+                                   timestamps=case["timestamps"])
+    assert out.shape == ref.shape and out.dtype == case["v"].dtype
+    assert _rel_err(out, ref) < tol
+    gen = torch.Generator().manual_seed(1234)
+    dout = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    out.backward(dout.to(out.dtype))
+    ref.backward(dout)
+    for n in grads:
+        err = _rel_err(ours[n].grad, refs[n].grad)
+        assert err < tol, f"grad {n}: rel err {err:.2e}"
+
+
+LENGTHS = [[7, 20, 13], [0, 17, 1], [20, 16, 3]]
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+def test_causal(lengths):
+    _run_both(_case(1, lengths))
+
+
+@pytest.mark.parametrize("lengths", LENGTHS)
+def test_targets(lengths):
+    _run_both(_case(2, lengths, targets=[3, 5, 1]))
+
+
+@pytest.mark.parametrize("lengths", LENGTHS[:2])
+def test_contextual(lengths):
+    _run_both(_case(3, lengths), num_contextual=3)
+
+
+@pytest.mark.parametrize("window", [1, 5, 18])
+def test_window(window):
+    _run_both(_case(4, [20, 11, 19]), window=window)
+
+
+def test_positional_bias():
+    _run_both(_case(5, [20, 9, 1], pos=True))
+
+
+def test_temporal_bias():
+    _run_both(_case(6, [19, 0, 14], time=True))
+
+
+def test_all_masks_and_biases():
+    _run_both(_case(7, [20, 18, 6], targets=[4, 2, 6], pos=True, time=True), num_contextual=2, window=6)
+
+
+def test_targets_contextual_window():
+    _run_both(_case(8, [20, 17, 5], targets=[2, 4, 1], d_qk=25, d_v=16), num_contextual=4, window=3)
+
+
+def test_head_dims_differ_and_not_pow2():
+    _run_both(_case(9, [13, 20], heads=1, d_qk=25, d_v=16, pos=True))
+
+
+def test_uneven_tiles(monkeypatch):
+    """BLOCK_M != BLOCK_N in both kernels exercises the tile-range arithmetic."""
+    monkeypatch.setattr(triton_mod, "_INTERPRET_FWD_BLOCKS", (32, 16))
+    monkeypatch.setattr(triton_mod, "_INTERPRET_BWD_BLOCKS", (16, 32))
+    _run_both(_case(10, [20, 19, 2], targets=[3, 1, 0], pos=True), num_contextual=2, window=7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision(dtype):
+    _run_both(_case(11, [20, 12], dtype=dtype, pos=True, time=True), tol=2e-2)
+
+
+def test_strided_inputs():
+    case = _case(12, [15, 20, 8])
+    qkv = torch.randn(case["q"].shape[0], 2, 48)
+    case["q"], case["k"], case["v"] = qkv[..., :16], qkv[..., 16:32], qkv[..., 32:]
+    _run_both(case)
+
+
+def test_empty_batch():
+    case = _case(13, [0, 0])
+    out = hstu_attention(case["q"], case["k"], case["v"], case["offsets"], 0, alpha=1.0, scale_len=SCALE_LEN)
+    assert out.shape == (0, 2, 16)
+
+
+def test_detects_wrong_mask():
+    """The comparison is sharp enough to catch a kernel that ignores the target mask."""
+    case = _case(14, [20, 15], targets=[5, 5])
+    with pytest.raises(AssertionError):
+        kw = dict(alpha=1.0, scale_len=SCALE_LEN)
+        out = hstu_attention(case["q"], case["k"], case["v"], case["offsets"], 20, **kw)
+        ref = ref_attention(case["q"].double(), case["k"].double(), case["v"].double(),
+                                       case["offsets"], 20, num_targets=case["num_targets"], **kw)
+        assert _rel_err(out, ref) < 1e-3

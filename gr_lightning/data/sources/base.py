@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gr_lightning.data.download import download, extract_zip
+from gr_lightning.data.fetch import download, extract_zip
 from gr_lightning.data.errors import DataError
 from gr_lightning.data.readers import find_file
 

@@ -1,5 +1,6 @@
 """Fused Triton kernels for HSTU (jagged attention with relative bias, fused norms)."""
 
 from gr_lightning.ops.triton.hstu_attention import hstu_attention
+from gr_lightning.ops.triton.norm_mul_dropout import layer_norm, norm_mul_dropout
 
-__all__ = ["hstu_attention"]
+__all__ = ["hstu_attention", "layer_norm", "norm_mul_dropout"]

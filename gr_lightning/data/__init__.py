@@ -2,8 +2,8 @@
 
 from gr_lightning.data.collate import gather_batch
 from gr_lightning.data.datamodule import RetrievalDataModule
-from gr_lightning.data.fetch import download, extract_zip
 from gr_lightning.data.errors import DataError, DownloadError
+from gr_lightning.data.fetch import download, extract_zip
 from gr_lightning.data.preprocess import build_sequences
 from gr_lightning.data.sources import (
     BOOKS_URL,

@@ -4,6 +4,7 @@ import hashlib
 import io
 import stat
 import zipfile
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -37,14 +38,14 @@ def test_download_wrong_checksum_removes_file(tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(b"data")
     target = tmp_path / "out" / "file.bin"
-    with pytest.raises(DownloadError, match="checksum mismatch.*expected md5 0+"):
+    with pytest.raises(DownloadError, match=r"checksum mismatch.*expected md5 0+"):
         download(src.as_uri(), target, md5="0" * 32)
     assert list(target.parent.iterdir()) == []
 
 
 def test_download_size_check_without_checksum(tmp_path, monkeypatch):
     class Short(io.BytesIO):
-        headers = {"Content-Length": "10"}
+        headers: ClassVar[dict[str, str]] = {"Content-Length": "10"}
 
     monkeypatch.setattr(fetch_module, "_open_url", lambda url, timeout: Short(b"12345"))
     target = tmp_path / "file.csv"

@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gr_lightning.data.fetch import download, extract_zip
 from gr_lightning.data.errors import DataError
+from gr_lightning.data.fetch import download, extract_zip
 from gr_lightning.data.readers import find_file
 
 _FINGERPRINT_VERSION = 1

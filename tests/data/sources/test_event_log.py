@@ -49,7 +49,8 @@ def test_unknown_parquet_column_lists_available(tmp_path):
 
 def test_non_integer_id_names_file_column_line_value(write_text):
     path = write_text("log.csv", "user_id,item_id,timestamp\n1,2,3\n1,abc,4\n")
-    with pytest.raises(DataError, match=r"log\.csv: non-integer value in column 'item_id' at line 3 \(value 'abc'\)"):
+    expected = r"log\.csv: non-integer value in column 'item_id' at line 3 \(value 'abc'\)"
+    with pytest.raises(DataError, match=expected):
         EventLog(str(path)).load_events()
 
 
@@ -125,5 +126,5 @@ def test_bad_input_leaves_existing_cache_intact(write_text, tmp_path):
     before = sorted(p.relative_to(cache) for p in cache.rglob("*"))
     log.write_text("user_id,item_id,timestamp\n1,2,3\n1,x,4\n")
     with pytest.raises(DataError, match="non-integer"):
-        RetrievalDataModule(EventLog(str(log)), cache_dir=str(cache)).num_items
+        _ = RetrievalDataModule(EventLog(str(log)), cache_dir=str(cache)).num_items
     assert sorted(p.relative_to(cache) for p in cache.rglob("*")) == before

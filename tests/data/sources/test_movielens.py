@@ -44,7 +44,8 @@ def test_ml1m_gz_name_also_accepted(shared_data):
 
 
 def test_ml20m_csv_with_header(tmp_path, write_text):
-    write_text("ml-20m/ratings.csv.gz", "userId,movieId,rating,timestamp\n1,2,3.5,100\n1,5,4.0,90\n2,2,0.5,50\n")
+    text = "userId,movieId,rating,timestamp\n1,2,3.5,100\n1,5,4.0,90\n2,2,0.5,50\n"
+    write_text("ml-20m/ratings.csv.gz", text)
     events = MovieLens20M(root=str(tmp_path / "ml-20m")).load_events()
     assert events["user_id"].tolist() == [1, 1, 2]
     assert events["item_id"].tolist() == [2, 5, 2]

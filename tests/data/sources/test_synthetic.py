@@ -10,14 +10,15 @@ def test_deterministic_by_seed():
     for key in a:
         assert np.array_equal(a[key], b[key])
     assert len(a["item_id"]) != len(c["item_id"]) or not np.array_equal(a["item_id"], c["item_id"])
-    assert Synthetic(seed=3).fingerprint() == Synthetic(seed=3).fingerprint() != Synthetic(seed=4).fingerprint()
+    fingerprint = Synthetic(seed=3).fingerprint()
+    assert fingerprint == Synthetic(seed=3).fingerprint() != Synthetic(seed=4).fingerprint()
 
 
 def test_default_shape():
     events = Synthetic().load_events()
     lengths = np.bincount(events["user_id"])[1:]
     assert lengths.size == 2000 and lengths.min() >= 20 and lengths.max() <= 60
-    assert 1 <= events["item_id"].min() and events["item_id"].max() <= 1000
+    assert events["item_id"].min() >= 1 and events["item_id"].max() <= 1000
     ts, users = events["timestamp"], events["user_id"]
     assert (np.diff(ts)[users[1:] == users[:-1]] > 0).all()
 

@@ -29,6 +29,10 @@ _POISON: float | None = None
 _INTERPRET_FWD_BLOCKS: tuple[int, int] = (16, 16)
 _INTERPRET_BWD_BLOCKS: tuple[int, int] = (16, 16)
 
+#: Benchmarks set this to ``{"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages": ..}`` to skip
+#: autotuning (e.g. for correctness checks on odd shapes); None autotunes on GPU.
+_FIXED_CONFIG: dict | None = None
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -430,6 +434,8 @@ def _launch(kernel, tuned, blocks: tuple[int, int], grid_fn, args: list, meta: d
     if _interpreting():
         bm, bn = blocks
         kernel[grid_fn({"BLOCK_M": bm, "BLOCK_N": bn})](*args, **meta, BLOCK_M=bm, BLOCK_N=bn)
+    elif _FIXED_CONFIG is not None:
+        kernel[grid_fn(_FIXED_CONFIG)](*args, **meta, **_FIXED_CONFIG)
     else:
         tuned[grid_fn](*args, **meta)
 

@@ -1,0 +1,254 @@
+"""Benchmark the fused Triton HSTU attention against the PyTorch reference and SDPA flash (a ceiling).
+
+Run on a GPU:  ``PYTHONPATH=$PWD python3 benchmarks/bench_attention.py --out attention_h100.json``.
+A correctness check against the float64 reference (fresh random bf16 and fp32 inputs) runs first; the
+JSON is rewritten after every measurement so that a run cut short still leaves its numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+from gr_lightning.ops.pytorch.hstu_attention import attention_flops
+from gr_lightning.ops.pytorch.hstu_attention import hstu_attention as ref_attention
+from gr_lightning.ops.triton import hstu_attention
+
+hstu_mod = sys.modules["gr_lightning.ops.triton.hstu_attention"]
+
+SHAPES = [(32, 4096), (32, 512), (32, 1024), (16, 2048), (8, 4096)]
+H, D = 4, 128
+NUM_BUCKETS = 128
+REF_MEM_LIMIT = 30e9  # bytes the padded reference may use (fwd + bwd), estimated
+
+
+def make_batch(batch, n, heads, d_qk, d_v, dtype, seed, targets=None, device="cuda"):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(int(0.9 * n), n + 1, (batch,), generator=gen)
+    offsets = torch.zeros(batch + 1, dtype=torch.int64)
+    offsets[1:] = lengths.cumsum(0)
+    total = int(offsets[-1])
+    qkv = torch.randn(total, heads, 2 * d_qk + d_v, generator=gen).to(dtype)
+    q, k, v = (t.contiguous().to(device) for t in qkv.split([d_qk, d_qk, d_v], dim=-1))
+    gaps = torch.randint(1, 200_000, (total,), generator=gen)
+    ts = (1_600_000_000 + gaps.cumsum(0)).to(device)
+    return dict(
+        q=q, k=k, v=v, offsets=offsets.to(device), max_len=int(lengths.max()), lengths=lengths,
+        timestamps=ts,
+        pos_bias=(torch.randn(2 * n - 1, generator=gen) * 0.1).to(dtype).to(device),
+        time_bias=(torch.randn(NUM_BUCKETS + 1, generator=gen) * 0.1).to(dtype).to(device),
+        num_targets=None if targets is None else torch.full((batch,), targets, dtype=torch.int64).to(device),
+        dout=torch.randn(total, heads, d_v, generator=gen).to(dtype).to(device),
+    )
+
+
+def call_kwargs(b, n, variant):
+    kw = dict(alpha=1.0 / D**0.5, scale_len=n)
+    if variant == "bias":
+        kw.update(pos_bias=b["pos_bias"], time_bias=b["time_bias"], timestamps=b["timestamps"])
+    if variant == "targets":
+        kw.update(num_targets=b["num_targets"])
+    if variant == "all":
+        kw.update(pos_bias=b["pos_bias"], time_bias=b["time_bias"], timestamps=b["timestamps"],
+                  num_targets=b["num_targets"], num_contextual=5, window=40)
+    return kw
+
+
+def rel_err(x, ref):
+    return float((x.detach().double() - ref.detach()).norm() / ref.detach().norm())
+
+
+def check(dtype, variant, tol):
+    """Compare output and every gradient with the float64 reference on a small fresh batch."""
+    n = 300
+    b = make_batch(4, n, 2, 64, 48, dtype, seed=int(time.time()) % 100000, targets=7)
+    kw = call_kwargs(b, n, variant)
+    names = ["q", "k", "v"] + [x for x in ("pos_bias", "time_bias") if x in kw]
+    ours = {x: (kw.get(x) if x in kw else b[x]).detach().clone().requires_grad_() for x in names}
+    refs = {x: ours[x].detach().double().requires_grad_() for x in names}
+    kw_o = {**kw, **{x: ours[x] for x in names if x in kw}}
+    kw_r = {**kw, **{x: refs[x] for x in names if x in kw}}
+    out = hstu_attention(ours["q"], ours["k"], ours["v"], b["offsets"], b["max_len"], **kw_o)
+    ref = ref_attention(refs["q"], refs["k"], refs["v"], b["offsets"], b["max_len"], **kw_r)
+    out.backward(b["dout"])
+    ref.backward(b["dout"].double())
+    errs = {"out": rel_err(out, ref)}
+    errs.update({f"d{x}": rel_err(ours[x].grad, refs[x].grad) for x in names})
+    ok = all(e < tol for e in errs.values()) and all(torch.isfinite(ours[x].grad).all() for x in names)
+    return ok, errs
+
+
+def sdpa_fn(b, batch, n):
+    """Padded causal softmax attention through SDPA's flash backend, same rows and heads."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def pad(x):
+        out = x.new_zeros(batch, n, H, x.shape[-1])
+        out_flat = out.view(batch * n, H, x.shape[-1])
+        idx = torch.cat([torch.arange(int(s), int(e)) - int(s) + i * n for i, (s, e) in
+                         enumerate(zip(b["offsets"][:-1].tolist(), b["offsets"][1:].tolist(), strict=True))])
+        out_flat[idx.to(x.device)] = x
+        return out.transpose(1, 2).contiguous()  # (B, H, N, d)
+
+    q, k, v = (pad(b[x]).requires_grad_() for x in ("q", "k", "v"))
+    dout = torch.randn_like(q)
+
+    def fwd():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def fwd_bwd():
+        fwd().backward(dout)
+
+    return fwd, fwd_bwd, [q, k, v]
+
+
+def ours_fns(b, n, variant):
+    kw = call_kwargs(b, n, variant)
+    leaves = [b["q"], b["k"], b["v"]]
+    if variant == "bias":
+        leaves += [kw["pos_bias"], kw["time_bias"]]
+    for t in leaves:
+        t.requires_grad_()
+
+    def fwd():
+        with torch.no_grad():
+            return hstu_attention(b["q"], b["k"], b["v"], b["offsets"], b["max_len"], **kw)
+
+    def fwd_bwd():
+        hstu_attention(b["q"], b["k"], b["v"], b["offsets"], b["max_len"], **kw).backward(b["dout"])
+
+    return fwd, fwd_bwd, leaves
+
+
+def ref_fns(b, n):
+    kw = call_kwargs(b, n, "nobias")
+
+    def fwd():
+        with torch.no_grad():
+            return ref_attention(b["q"], b["k"], b["v"], b["offsets"], b["max_len"], **kw)
+
+    def fwd_bwd():
+        ref_attention(b["q"], b["k"], b["v"], b["offsets"], b["max_len"], **kw).backward(b["dout"])
+
+    return fwd, fwd_bwd, [b["q"], b["k"], b["v"]]
+
+
+def timed_first_call(fn):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def bench(fn, leaves):
+    return do_bench(fn, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="attention_h100.json")
+    parser.add_argument("--shapes", default=",".join(f"{b}x{n}" for b, n in SHAPES))
+    parser.add_argument("--budget-s", type=float, default=270.0, help="stop starting new shapes after this")
+    parser.add_argument("--skip-check", action="store_true")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    props = torch.cuda.get_device_properties(0)
+    result = dict(
+        device=torch.cuda.get_device_name(0), sms=props.multi_processor_count,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        torch=torch.__version__, triton=triton.__version__, heads=H, d_qk=D, d_v=D, dtype="bfloat16",
+        lengths="uniform in [0.9N, N], seed 0",
+        timing="triton.testing.do_bench median, warmup 25 ms, rep 100 ms",
+        flops="fwd = sum_seq 2*H*(d_qk+d_v)*L^2/2; fwd+bwd = 3.5x", checks={}, shapes=[],
+    )
+
+    def save():
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+    if not args.skip_check:
+        hstu_mod._FIXED_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+        for dtype, tol in ((torch.bfloat16, 1e-2), (torch.float32, 1e-4)):
+            for variant in ("nobias", "all"):
+                ok, errs = check(dtype, variant, tol)
+                result["checks"][f"{str(dtype)[6:]}/{variant}"] = dict(ok=ok, tol=tol, rel_err=errs)
+                shown = {k: f"{e:.1e}" for k, e in errs.items()}
+                print("check", dtype, variant, "OK" if ok else "FAIL", shown, flush=True)
+        hstu_mod._FIXED_CONFIG = None
+        save()
+        if not all(c["ok"] for c in result["checks"].values()):
+            print("WARNING: correctness check failed; timings below are of a wrong kernel", flush=True)
+
+    rows = []
+    for shape in args.shapes.split(","):
+        if time.perf_counter() - start > args.budget_s:
+            print(f"budget reached: skipping {shape}", flush=True)
+            result["shapes"].append(dict(shape=shape, skipped="time budget of this run"))
+            continue
+        batch, n = (int(x) for x in shape.split("x"))
+        entry = dict(shape=shape, B=batch, N=n, variants={})
+        result["shapes"].append(entry)
+        for variant in ("nobias", "bias", "targets", "reference", "sdpa_flash"):
+            b = make_batch(batch, n, H, D, D, torch.bfloat16, seed=0, targets=16)
+            flops = attention_flops(b["lengths"], H, D, D)
+            entry["fwd_flops"] = flops
+            rec = {}
+            if variant == "reference":
+                need = batch * H * n * n * 2 * 12
+                if need > REF_MEM_LIMIT:
+                    entry["variants"][variant] = {"skipped": f"OOM estimate ({need / 1e9:.0f} GB)"}
+                    continue
+                fwd, fwd_bwd, leaves = ref_fns(b, n)
+            elif variant == "sdpa_flash":
+                fwd, fwd_bwd, leaves = sdpa_fn(b, batch, n)
+                rec["padded_fwd_flops"] = 2 * batch * H * 2 * D * n * n / 2
+            else:
+                fwd, fwd_bwd, leaves = ours_fns(b, n, variant)
+                rec["first_call_fwd_ms"] = timed_first_call(fwd)  # compile + autotune
+                rec["first_call_fwd_bwd_ms"] = timed_first_call(fwd_bwd)
+                # A new batch, same length bucket: must neither re-tune nor recompile.
+                b2 = make_batch(batch, n, H, D, D, torch.bfloat16, seed=1, targets=16)
+                fwd2, fwd_bwd2, _ = ours_fns(b2, n, variant)
+                rec["new_batch_first_call_fwd_bwd_ms"] = timed_first_call(fwd_bwd2)
+                del b2, fwd2, fwd_bwd2
+            try:
+                t_f = bench(fwd, leaves)
+                t_fb = bench(fwd_bwd, leaves)
+            except torch.OutOfMemoryError:
+                entry["variants"][variant] = {"skipped": "OOM"}
+                continue
+            rec.update(fwd_ms=t_f, fwd_bwd_ms=t_fb, fwd_tflops=flops / t_f * 1e-9,
+                       fwd_bwd_tflops=3.5 * flops / t_fb * 1e-9)
+            if variant == "sdpa_flash":
+                rec["fwd_tflops_padded"] = rec["padded_fwd_flops"] / t_f * 1e-9
+                rec["fwd_bwd_tflops_padded"] = 3.5 * rec["padded_fwd_flops"] / t_fb * 1e-9
+            entry["variants"][variant] = rec
+            rows.append((shape, variant, t_f, t_fb, rec["fwd_tflops"], rec["fwd_bwd_tflops"]))
+            print(f"{shape:>8} {variant:>10}: fwd {t_f:8.3f} ms {rec['fwd_tflops']:6.1f} TF/s | fwd+bwd "
+                  f"{t_fb:8.3f} ms {rec['fwd_bwd_tflops']:6.1f} TF/s  {time.perf_counter() - start:.0f}s",
+                  flush=True)
+            del b, fwd, fwd_bwd, leaves
+            torch.cuda.empty_cache()
+            save()
+    result["wall_s"] = time.perf_counter() - start
+    save()
+    print("\n| shape | variant | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    for shape, variant, t_f, t_fb, tf, tfb in rows:
+        print(f"| {shape} | {variant} | {t_f:.3f} | {tf:.0f} | {t_fb:.3f} | {tfb:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,9 +6,11 @@ the best validation NDCG@10 and then tests that checkpoint, all in one MLflow ru
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichModelSummary, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
@@ -51,12 +53,11 @@ class GRLightningCLI(LightningCLI):
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         self._rich = bool(config.get("rich", True))
 
-    def instantiate_trainer(self, **kwargs):  # noqa: D102 (LightningCLI hook)
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         extra = [EpochTimer(), BestCheckpointTag(), LearningRateMonitor(logging_interval="epoch")]
         if self._rich:
             extra += [RichProgressBar(leave=True), RichModelSummary(max_depth=2)]
-        kwargs["extra_callbacks"] = list(kwargs.get("extra_callbacks", [])) + extra
-        return super().instantiate_trainer(**kwargs)
+        return super()._instantiate_trainer(config, [*callbacks, *extra])
 
     def after_fit(self) -> None:
         """Test the best-validation checkpoint (or the final weights when none was saved)."""
@@ -83,6 +84,8 @@ def print_zoo(console: Console | None = None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``gr-lightning`` console script."""
     args = sys.argv[1:] if argv is None else list(argv)
+    # LightningCLI itself calls jsonargparse APIs that warn about their v5 deprecation; not actionable here.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     if args[:1] == ["zoo"]:
         print_zoo()
         return
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         parser_kwargs={"parser_mode": "omegaconf",
                        "epilog": "Also: 'gr-lightning zoo' lists the registered backbones."},
         subclass_mode_data=True,
-        args=args,
+        args=None if argv is None else args,
         auto_configure_optimizers=False,
     )
 

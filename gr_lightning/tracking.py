@@ -69,7 +69,15 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class MLflowConfigCallback(SaveConfigCallback):
-    """Record the resolved CLI config in the run: every leaf as a param, the YAML as an artifact."""
+    """Record the resolved CLI config in the run: every leaf as a param, the YAML as an artifact.
+
+    Loggers with a local folder (TensorBoard, CSV) also get ``config.yaml`` there, as Lightning does.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Save beside the logs only when the logger has a folder (an SQL-backed MLflow run has none)."""
+        self.save_to_log_dir = trainer.log_dir is not None
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Log the config to every MLflow logger (rank zero only, once per run)."""

@@ -34,6 +34,11 @@ def next_item_pairs(items: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
     return rows, items[rows + 1]
 
 
+def _row_dot(queries: Tensor, candidates: Tensor) -> Tensor:
+    """``(P, D) x (P, K, D) -> (P, K)`` dot products; a broadcast multiply beats P tiny matmuls."""
+    return (queries.unsqueeze(1) * candidates).sum(-1)
+
+
 class SampledSoftmaxLoss(nn.Module):
     """Sampled softmax over cosine similarities.
 
@@ -69,7 +74,7 @@ class SampledSoftmaxLoss(nn.Module):
         parts, ids = [pos_logit], [positives.unsqueeze(1)]
         if self.num_negatives:
             neg = torch.randint(1, num_items + 1, (queries.shape[0], self.num_negatives), device=queries.device)
-            parts.append(torch.einsum("pd,pkd->pk", queries, item_table[neg]))  # (P, K)
+            parts.append(_row_dot(queries, item_table[neg]))  # (P, K)
             ids.append(neg)
         if self.in_batch_negatives:
             if item_log_q is None:
@@ -77,7 +82,7 @@ class SampledSoftmaxLoss(nn.Module):
             pick = torch.randint(0, positives.numel(), (queries.shape[0], self.in_batch_negatives),
                                  device=queries.device)
             neg = positives[pick]  # (P, K_b): popularity-proportional proposal
-            logits = torch.einsum("pd,pkd->pk", queries, item_table[neg])
+            logits = _row_dot(queries, item_table[neg])  # (P, K_b)
             # logQ: subtract each proposal's log-probability relative to the uniform proposal.
             parts.append(logits - (item_log_q[neg] + math.log(num_items)) * self.temperature)
             ids.append(neg)

@@ -134,7 +134,7 @@ class RetrievalDataModule(L.LightningDataModule):
     def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
         split = self.split(stage)
         rank, world_size = 0, 1
-        trainer = self._trainer if hasattr(self, "_trainer") else None
+        trainer = getattr(self, "trainer", None)
         if trainer is not None:
             rank, world_size = trainer.global_rank, trainer.world_size
         sampler = BatchSampler(len(split), batch_size, shuffle=shuffle, seed=self.seed, rank=rank,

@@ -142,3 +142,15 @@ def test_preprocessing_scales(tmp_path):
     assert store.num_events == len(events["user_id"])
     assert np.array_equal(store.item_ids[store.items], events["item_id"])  # generator output is time-ordered
     assert elapsed < 6.0, f"{store.num_events} events took {elapsed:.1f} s"
+
+
+def test_loaders_follow_the_trainers_rank(tmp_path):
+    from types import SimpleNamespace
+
+    dm = RetrievalDataModule(Synthetic(num_users=100), eval_batch_size=1000, cache_dir=str(tmp_path))
+    seen = []
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
+        seen.append(torch.cat([b.users for b in dm.test_dataloader()]))
+    assert [s.numel() for s in seen] == [50, 50]
+    assert sorted(torch.cat(seen).tolist()) == list(range(100))

@@ -1,4 +1,12 @@
-"""Data layer: sources, preprocessing to a memory-mapped cache, leave-one-out DataModules."""
+"""Data layer: sources, preprocessing to a memory-mapped cache, leave-one-out DataModules.
+
+Flow: a :class:`DataSource` (``MovieLens100K``, ``MovieLens1M``, ``MovieLens20M``, ``AmazonReviews``,
+``EventLog``, ``Synthetic``) yields raw event columns; :func:`build_sequences` groups them per user in
+time order with dense item ids ``1..num_items``; :class:`SequenceStore` caches the result as ``.npy``
+files in ``cache_dir/<source>-<fingerprint>/`` and memory-maps them; :class:`RetrievalDataModule`
+serves leave-one-out splits as :class:`~gr_lightning.batch.JaggedBatch`. Bad input raises
+:class:`DataError` naming the file, column, line or user.
+"""
 
 from gr_lightning.data.collate import gather_batch
 from gr_lightning.data.datamodule import RetrievalDataModule

@@ -7,7 +7,7 @@ event first. Item ids are dense, ``1..num_items``; ``0`` is reserved and never a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -46,6 +46,11 @@ class JaggedBatch:
     def last_index(self) -> Tensor:
         """Row of the most recent event of each sequence in the jagged layout. ``(B,)``."""
         return self.offsets[1:] - 1
+
+    def pin_memory(self) -> JaggedBatch:
+        """Page-locked copy for asynchronous host-to-GPU transfer (called by DataLoader's pin_memory)."""
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
 
     def validate(self) -> None:
         """Check the invariants a backbone relies on; raises ValueError naming the broken one."""

@@ -95,19 +95,35 @@ def _pos_index(i, j, scale_len):
 
 
 @triton.jit
-def _time_index(next_ts, ts, num_buckets):
-    """Temporal bucket: ``clamp(floor(ln(max(|next_ts - ts|, 1)) / 0.301), 0, num_buckets)``."""
+def _time_index(next_ts, ts, num_buckets, FAST: tl.constexpr):
+    """Temporal bucket: ``clamp(floor(ln(max(|next_ts - ts|, 1)) / 0.301), 0, num_buckets)``.
+
+    ``next_ts`` and ``ts`` are relative to the sequence's first event (int32 for integer seconds), so the
+    gap is exact; FAST takes the logarithm with one ``lg2.approx`` (MUFU) instead of libdevice's ``logf``.
+    """
     gap = tl.maximum(tl.abs(next_ts - ts), 1).to(tl.float32)
-    bucket = tl.floor(tl.log(gap) / _TIME_BUCKET_WIDTH)
+    if FAST:
+        lg2 = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [gap], dtype=tl.float32,
+                                        is_pure=True, pack=1)
+        bucket = tl.floor(lg2 * (0.6931471805599453 / _TIME_BUCKET_WIDTH))
+    else:
+        bucket = tl.floor(tl.log(gap) / _TIME_BUCKET_WIDTH)
     bucket = tl.minimum(tl.maximum(bucket, 0.0), num_buckets * 1.0)
     return bucket.to(tl.int32)
 
 
 @triton.jit
-def _load_next_ts(Ts, seq_start, pos, seq_len):
-    """Request time of rows at ``pos``: the next event's time, the last one repeated."""
+def _load_ts(Ts, seq_start, pos, seq_len, ts_base, REL_TS: tl.constexpr):
+    """Event times of rows at ``pos``, relative to ``ts_base`` (the sequence's first event)."""
+    ts = tl.load(Ts + seq_start + pos, mask=pos < seq_len, other=0)
+    return (ts - ts_base).to(REL_TS)
+
+
+@triton.jit
+def _load_next_ts(Ts, seq_start, pos, seq_len, ts_base, REL_TS: tl.constexpr):
+    """Request time of rows at ``pos``: the next event's time, the last one repeated (relative)."""
     nxt = tl.minimum(pos + 1, seq_len - 1)
-    return tl.load(Ts + seq_start + nxt, mask=pos < seq_len, other=0)
+    return _load_ts(Ts, seq_start, tl.where(pos < seq_len, nxt, seq_len), seq_len, ts_base, REL_TS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -116,13 +132,14 @@ def _load_next_ts(Ts, seq_start, pos, seq_len):
 
 
 @triton.jit
-def _fwd_tile(acc, q, K, V, Ts, PosBias, TimeBias, next_ts, offs_m, start_n, seq_start, seq_len, hist_end,
+def _fwd_tile(acc, q, K, V, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n, seq_start, seq_len,
+              hist_end,
               stride_kn, stride_vn, alpha, inv_scale, scale_len, num_contextual, window, num_buckets,
               offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
               BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
               HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
-              UPCAST: tl.constexpr):
+              UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr):
     """Add one key tile's contribution ``SiLU(S) / n @ V`` to ``acc``; unmasked tiles skip every check."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     rows = (seq_start + offs_n).to(tl.int64)
@@ -146,8 +163,9 @@ def _fwd_tile(acc, q, K, V, Ts, PosBias, TimeBias, next_ts, offs_m, start_n, seq
     if HAS_POS:
         s += tl.load(PosBias + _pos_index(i, j, scale_len)).to(tl.float32)
     if HAS_TIME:
-        ts = tl.load(Ts + seq_start + offs_n, mask=offs_n < seq_len, other=0)
-        s += tl.load(TimeBias + _time_index(next_ts[:, None], ts[None, :], num_buckets)).to(tl.float32)
+        ts = _load_ts(Ts, seq_start, offs_n, seq_len, ts_base, REL_TS)
+        time_idx = _time_index(next_ts[:, None], ts[None, :], num_buckets, FAST_LOG)
+        s += tl.load(TimeBias + time_idx).to(tl.float32)
     a = s * _sigmoid(s, FAST) * inv_scale
     if MASKED:
         ok = _allowed(i, j, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW)
@@ -164,7 +182,7 @@ def _hstu_fwd_kernel(
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
@@ -190,8 +208,10 @@ def _hstu_fwd_kernel(
     Kh = K + h * stride_kh
     Vh = V + h * stride_vh
     next_ts = tl.zeros([BLOCK_M], dtype=tl.int32)
+    ts_base = 0
     if HAS_TIME:
-        next_ts = _load_next_ts(Ts, seq_start, offs_m, seq_len)
+        ts_base = tl.load(Ts + seq_start)
+        next_ts = _load_next_ts(Ts, seq_start, offs_m, seq_len, ts_base, REL_TS)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
     # Key range [lo, hi) that any row of this tile may see; [full_lo, full_hi) needs no mask.
@@ -213,32 +233,36 @@ def _hstu_fwd_kernel(
             if HAS_CONTEXT:
                 # Contextual key columns stay visible to every history row.
                 for start_n in range(0, tl.minimum(tl.cdiv(num_contextual, BLOCK_N) * BLOCK_N, lo), BLOCK_N):
-                    acc = _fwd_tile(acc, q, Kh, Vh, Ts, PosBias, TimeBias, next_ts, offs_m, start_n,
+                    acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n,
                                     seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
                                     scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
                                     D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
-                                    HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST)
+                                    HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST,
+                                    REL_TS, FAST_LOG)
         else:
             full_lo = full_hi  # mixed rows: every tile is masked
         for start_n in range(lo, full_lo, BLOCK_N):
-            acc = _fwd_tile(acc, q, Kh, Vh, Ts, PosBias, TimeBias, next_ts, offs_m, start_n,
+            acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n,
                             seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
                             scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
                             D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
-                            HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST)
+                            HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST,
+                                    REL_TS, FAST_LOG)
     mid = tl.maximum(full_hi, full_lo)
     for start_n in range(full_lo, full_hi, BLOCK_N):
-        acc = _fwd_tile(acc, q, Kh, Vh, Ts, PosBias, TimeBias, next_ts, offs_m, start_n,
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n,
                         seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
                         scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
                         D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT,
-                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST)
+                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST,
+                                    REL_TS, FAST_LOG)
     for start_n in range(mid, hi, BLOCK_N):
-        acc = _fwd_tile(acc, q, Kh, Vh, Ts, PosBias, TimeBias, next_ts, offs_m, start_n,
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n,
                         seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
                         scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
                         D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
-                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST)
+                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST,
+                                    REL_TS, FAST_LOG)
 
     o_ptrs = Out + h * stride_oh + q_rows[:, None] * stride_on + offs_dv[None, :]
     o_mask = (offs_m[:, None] < seq_len) & (offs_dv[None, :] < D_V)
@@ -251,13 +275,15 @@ def _hstu_fwd_kernel(
 
 
 @triton.jit
-def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, PosBias, TimeBias, DPos, DTime, ts_k, offs_n, start_m,
+def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, offs_n, start_n,
+              start_m,
               seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn,
               alpha, inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
               D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
               HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr,
-              GRAD_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
+              GRAD_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr,
+              FAST_LOG: tl.constexpr, BLOCK_N: tl.constexpr):
     """One query tile against the program's key tile, in the transposed orientation ``(BLOCK_N, BLOCK_M)``."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_len
@@ -273,8 +299,8 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
         pos_idx = _pos_index(i, j, scale_len)
         s += tl.load(PosBias + pos_idx).to(tl.float32)
     if HAS_TIME:
-        next_ts = _load_next_ts(Ts, seq_start, offs_m, seq_len)
-        time_idx = _time_index(next_ts[None, :], ts_k[:, None], num_buckets)
+        next_ts = _load_next_ts(Ts, seq_start, offs_m, seq_len, ts_base, REL_TS)
+        time_idx = _time_index(next_ts[None, :], ts_k[:, None], num_buckets, FAST_LOG)
         s += tl.load(TimeBias + time_idx).to(tl.float32)
     sig = _sigmoid(s, False)
     a = s * sig * inv_scale
@@ -293,10 +319,42 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
     tl.atomic_add(DQ + rows[:, None] * stride_dqn + offs_dqk[None, :], dq,
                   mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), sem="relaxed")
     if GRAD_POS:
-        tl.atomic_add(DPos + pos_idx, ds, mask=ok, sem="relaxed")
+        _pos_grad(DPos, ds, pos_idx, ok, start_m, start_n, scale_len, BLOCK_M, BLOCK_N)
     if GRAD_TIME:
-        tl.atomic_add(DTime + time_idx, ds, mask=ok, sem="relaxed")
+        # Reduce the tile per bucket first: a tile spans few buckets, and one scalar atomic per bucket
+        # replaces BLOCK_M * BLOCK_N atomics on a handful of hot addresses.
+        b_lo = tl.min(tl.where(ok, time_idx, num_buckets))
+        b_hi = tl.max(tl.where(ok, time_idx, 0))
+        for bkt in range(b_lo, b_hi + 1):
+            tl.atomic_add(DTime + bkt, tl.sum(tl.where(time_idx == bkt, ds, 0.0)), sem="relaxed")
     return dk, dv
+
+
+@triton.jit
+def _pos_grad(DPos, ds, pos_idx, ok, start_m, start_n, scale_len, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """Add the tile's ``dS^T`` (``(BLOCK_N, BLOCK_M)``) to the positional-table gradient.
+
+    The table row is ``(start_m - start_n) + (c - r)`` when unclamped: skew the tile so that each row
+    holds one relative position (``z[k, c] = ds[(c + k) % BLOCK_N, c]``) and sum it, two atomics per
+    position instead of one per element.
+    """
+    rel0 = start_m - start_n
+    unclamped = (rel0 - (BLOCK_N - 1) >= 1 - scale_len) & (rel0 + BLOCK_M - 1 <= scale_len - 1)
+    if BLOCK_M <= BLOCK_N:
+        if unclamped:
+            kk = tl.arange(0, BLOCK_N)
+            cc = tl.arange(0, BLOCK_M)
+            wrap = cc[None, :] + kk[:, None] >= BLOCK_N  # (BLOCK_N, BLOCK_M)
+            z = tl.gather(ds, (cc[None, :] + kk[:, None]) % BLOCK_N, 0)
+            base = rel0 + scale_len - 1
+            tl.atomic_add(DPos + base - kk, tl.sum(tl.where(wrap, 0.0, z), axis=1), sem="relaxed")
+            tl.atomic_add(DPos + base + BLOCK_N - kk, tl.sum(tl.where(wrap, z, 0.0), axis=1),
+                          mask=BLOCK_N - kk <= BLOCK_M - 1, sem="relaxed")
+        else:
+            tl.atomic_add(DPos + pos_idx, ds, mask=ok, sem="relaxed")
+    else:
+        tl.atomic_add(DPos + pos_idx, ds, mask=ok, sem="relaxed")
 
 
 @triton.jit
@@ -308,7 +366,8 @@ def _hstu_bwd_kernel(
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)  # key tile n sees ~(N - n) query tiles: natural order is longest first
@@ -332,8 +391,10 @@ def _hstu_bwd_kernel(
     v = tl.load(V + h * stride_vh + k_rows[:, None] * stride_vn + offs_dv[None, :],
                 mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V), other=0.0)
     ts_k = tl.zeros([BLOCK_N], dtype=tl.int32)
+    ts_base = 0
     if HAS_TIME:
-        ts_k = tl.load(Ts + seq_start + offs_n, mask=offs_n < seq_len, other=0)
+        ts_base = tl.load(Ts + seq_start)
+        ts_k = _load_ts(Ts, seq_start, offs_n, seq_len, ts_base, REL_TS)
     Qh = Q + h * stride_qh
     DOh = DO + h * stride_doh
     DQh = DQ + h * stride_dqh
@@ -363,46 +424,46 @@ def _hstu_bwd_kernel(
             # Contextual rows see every history key, also keys above the diagonal.
             ctx_hi = tl.minimum(tl.cdiv(num_contextual, BLOCK_M) * BLOCK_M, m_lo)
             for start_m in range(0, ctx_hi, BLOCK_M):
-                dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
-                                   offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
-                                   stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
-                                   num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
-                                   HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
-                                   PREC, UPCAST)
+                dk, dv = _bwd_tile(
+                    dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, offs_n,
+                    start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
+                    inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
+                    BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS,
+                    GRAD_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
     for start_m in range(m_lo, m_diag, BLOCK_M):
-        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
-                           offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
-                           stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
+        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime,
+                           ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
+                           stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                            num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
-                           HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
-                                   PREC, UPCAST)
+                           HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
+                           REL_TS, FAST_LOG, BLOCK_N)
     below_masked = HAS_WINDOW
     if HAS_TARGETS:
         below_masked = below_masked | (start_n + BLOCK_N > hist_end)
     if below_masked:
         for start_m in range(m_diag, m_hi, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
-                               offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
-                               stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime,
+                               ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
+                               stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
-                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
-                                   PREC, UPCAST)
+                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
+                               REL_TS, FAST_LOG, BLOCK_N)
     else:
         for start_m in range(m_diag, m_hi, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
-                               offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
-                               stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime,
+                               ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
+                               stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, False, HAS_TARGETS,
-                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
-                                   PREC, UPCAST)
+                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
+                               REL_TS, FAST_LOG, BLOCK_N)
     if HAS_WINDOW:
         for start_m in range(m_cand, seq_len, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, PosBias, TimeBias, DPos, DTime, ts_k,
-                               offs_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
-                               stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime,
+                               ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
+                               stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
-                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
-                                   PREC, UPCAST)
+                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
+                               REL_TS, FAST_LOG, BLOCK_N)
 
     key_ok = offs_n[:, None] < seq_len
     tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
@@ -438,6 +499,13 @@ def _launch(kernel, tuned, blocks: tuple[int, int], grid_fn, args: list, meta: d
         kernel[grid_fn(_FIXED_CONFIG)](*args, **meta, **_FIXED_CONFIG)
     else:
         tuned[grid_fn](*args, **meta)
+
+
+def _rel_ts_dtype(timestamps: Tensor | None):
+    """Relative event times fit int32 for integer seconds (68 years); float times stay float."""
+    if timestamps is None or not timestamps.dtype.is_floating_point:
+        return tl.int32
+    return tl.float32
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -489,7 +557,8 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
     meta = dict(
         D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)), **flags,
         FAST=(q.dtype != torch.float32 and not _interpreting()), PREC=_dot_precision(q.dtype),
-        UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
+        UPCAST=(q.dtype == torch.bfloat16 and _interpreting()), FAST_LOG=not _interpreting(),
+        REL_TS=_rel_ts_dtype(timestamps),
     )
 
     def grid(m):
@@ -529,7 +598,8 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         meta = dict(
             D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)),
             **flags, GRAD_POS=grad_pos, GRAD_TIME=grad_time, PREC=_dot_precision(q.dtype),
-        UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
+        UPCAST=(q.dtype == torch.bfloat16 and _interpreting()), FAST_LOG=not _interpreting(),
+        REL_TS=_rel_ts_dtype(timestamps),
         )
 
         def grid(m):

@@ -1,0 +1,101 @@
+"""Time and profile GRModule training and evaluation steps on real ML-1M-half batches (diagnostics).
+
+    python benchmarks/profile_step.py --data-root ../shared/data/ml-1m --config conf/ml-1m/hstu-large.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+import yaml
+
+from gr_lightning.data import MovieLens1M, RetrievalDataModule
+from gr_lightning.module import GRModule
+from gr_lightning.zoo import registry
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    """Build the model of a config, time train and eval steps, print the top profiler rows."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--kernel", default="pytorch")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    model_cfg = dict(cfg["model"])
+    bb = model_cfg.pop("backbone")
+    model_cfg.pop("optimizer", None)
+    cls = next(c for c in registry().values() if f"{c.__module__}.{c.__qualname__}" == bb["class_path"])
+    bb_args = dict(bb.get("init_args", {}))
+    if "kernel" in bb_args:
+        bb_args["kernel"] = args.kernel
+    dm = RetrievalDataModule(MovieLens1M(root=args.data_root, ratings_file="ratings_users_1-2999.dat.gz"),
+                             max_seq_len=cfg["data"]["init_args"]["max_seq_len"], cache_dir="/tmp/gr-cache")
+    dm.setup("fit")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = GRModule(partial(cls, **bb_args), dm.num_items, dm.max_seq_len, **model_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train = [b for b in dm.train_dataloader()]
+    val = [b for b in dm.val_dataloader()]
+    move = model.transfer_batch_to_device
+
+    def train_step(batch):
+        batch = move(batch, device, 0)
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.log = lambda *a, **k: None  # no trainer attached: skip Lightning logging
+    model.train()
+    for b in train[:3]:
+        train_step(b)
+    _sync()
+    t = time.perf_counter()
+    for b in train[: args.steps]:
+        train_step(b)
+    _sync()
+    train_ms = (time.perf_counter() - t) / args.steps * 1e3
+    model.eval()
+    with torch.no_grad():
+        model.validation_step(move(val[0], device, 0), 0)
+        _sync()
+        t = time.perf_counter()
+        for b in val:
+            model.validation_step(move(b, device, 0), 0)
+        _sync()
+        val_s = time.perf_counter() - t
+    model.train()
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for b in train[:3]:
+            train_step(b)
+        _sync()
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=25))
+    result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+              "config": args.config, "kernel": args.kernel, "train_batches": len(train),
+              "train_step_ms": train_ms, "val_pass_s": val_s,
+              "epoch_estimate_s": train_ms * len(train) / 1e3 + val_s}
+    print(json.dumps(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

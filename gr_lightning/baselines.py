@@ -27,6 +27,7 @@ def most_popular_metrics(
 
     Returns:
         The metrics of :class:`~gr_lightning.metrics.RetrievalMetrics`.
+
     """
     # Break popularity ties by a tiny deterministic jitter so the baseline is not flattered by ties.
     base = torch.as_tensor(np.asarray(item_counts), dtype=torch.float64)

@@ -24,6 +24,7 @@ class JaggedBatch:
         max_len: Length of the longest sequence in the batch (a Python int, so no device sync).
         targets: For evaluation, the held-out next item of each sequence. ``(B,)`` int64, else None.
         users: Dense user index of each sequence (for predictions and debugging). ``(B,)`` int64.
+
     """
 
     items: Tensor

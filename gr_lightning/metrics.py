@@ -28,6 +28,7 @@ def mask_history(scores: Tensor, history: Tensor, history_offsets: Tensor) -> Te
 
     Returns:
         ``scores``.
+
     """
     scores[:, 0] = float("-inf")
     if history.numel():
@@ -48,6 +49,7 @@ def target_ranks(scores: Tensor, targets: Tensor, history: Tensor | None = None,
 
     Returns:
         ``(B,)`` int64 ranks. The target itself is never excluded, even if it is in the history.
+
     """
     rows = torch.arange(scores.shape[0], device=scores.device)
     target_score = scores[rows, targets].unsqueeze(1)  # (B, 1)
@@ -65,6 +67,7 @@ class RetrievalMetrics(Metric):
     Args:
         hr_ks: Cut-offs for hit rate.
         ndcg_ks: Cut-offs for NDCG.
+
     """
 
     full_state_update = False

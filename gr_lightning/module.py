@@ -46,6 +46,7 @@ class GRModule(L.LightningModule):
         predict_top_k: Items returned per user by ``predict``.
         optimizer: Optimizer factory (AdamW per the paper by default).
         lr_scheduler: Optional scheduler factory.
+
     """
 
     def __init__(

@@ -35,6 +35,7 @@ class GRMLFlowLogger(MLFlowLogger):
         artifact_location: Where a newly created experiment keeps artifacts (default: ``./mlartifacts``
             beside the store).
         run_id: Resume an existing run.
+
     """
 
     def __init__(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 import yaml
@@ -70,7 +72,7 @@ def test_demo_fit_tracks_validation_and_test_and_beats_popularity(mlflow_uri, tm
     # The most-popular baseline on the very same split and evaluation rules.
     from gr_lightning.data import RetrievalDataModule, Synthetic
 
-    config = yaml.safe_load(open(DEMO))["data"]["init_args"]
+    config = yaml.safe_load(Path(DEMO).read_text())["data"]["init_args"]
     dm = RetrievalDataModule(Synthetic(seed=0), max_seq_len=config["max_seq_len"], cache_dir=str(tmp_path / "cache"))
     dm.setup("test")
     popular = most_popular_metrics(dm.item_counts(), dm.test_dataloader())

@@ -19,6 +19,7 @@ class PositionalInputEncoder(nn.Module):
         dim: Embedding width D.
         max_seq_len: Number of learned positions.
         dropout: Dropout on the encoded input.
+
     """
 
     def __init__(self, dim: int, max_seq_len: int, dropout: float) -> None:

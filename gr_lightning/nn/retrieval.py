@@ -26,6 +26,7 @@ def next_item_pairs(items: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(rows, positives)``: query rows ``(P,)`` and their next items ``(P,)``.
+
     """
     seq, _ = seq_index(offsets, items.numel())
     rows = torch.arange(items.numel(), device=items.device)
@@ -46,6 +47,7 @@ class SampledSoftmaxLoss(nn.Module):
         num_negatives: Uniform catalogue negatives per position (128 on MovieLens, 512 on Books).
         temperature: Divides the cosine similarities (0.05 in the paper).
         in_batch_negatives: Extra negatives per position drawn from the batch's positives (0: off).
+
     """
 
     def __init__(self, num_negatives: int = 128, temperature: float = 0.05, in_batch_negatives: int = 0) -> None:
@@ -68,6 +70,7 @@ class SampledSoftmaxLoss(nn.Module):
             item_table: L2-normalised item embeddings, row 0 unused. ``(num_items + 1, D)``.
             item_log_q: Log of each item's share of training events ``(num_items + 1,)``; needed for
                 in-batch negatives.
+
         """
         num_items = item_table.shape[0] - 1
         pos_logit = (queries * item_table[positives]).sum(-1, keepdim=True)  # (P, 1)

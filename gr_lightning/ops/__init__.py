@@ -55,6 +55,7 @@ def norm_mul_dropout(attn: Tensor, u: Tensor, eps: float, dropout: float, traini
         dropout: Drop probability.
         training: Whether dropout is active.
         kernel: Backend name.
+
     """
     if resolve_kernel(kernel, attn.device) == "triton":
         from gr_lightning.ops.triton import norm_mul_dropout as triton_norm_mul_dropout

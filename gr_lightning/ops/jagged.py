@@ -37,6 +37,7 @@ def seq_index(offsets: Tensor, total: int) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(seq, pos)``, each ``(sum_N,)`` int64.
+
     """
     lengths = offsets[1:] - offsets[:-1]
     seq = torch.repeat_interleave(torch.arange(lengths.numel(), device=offsets.device), lengths, output_size=total)
@@ -55,6 +56,7 @@ def jagged_to_padded(values: Tensor, offsets: Tensor, max_len: int, padding_valu
 
     Returns:
         ``(B, max_len, *feature)``.
+
     """
     feature = values.shape[1:]
     if HAS_FBGEMM and values.dtype in _FBGEMM_DTYPES:
@@ -79,6 +81,7 @@ def padded_to_jagged(dense: Tensor, offsets: Tensor, total: int) -> Tensor:
 
     Returns:
         ``(sum_N, *feature)``.
+
     """
     feature = dense.shape[2:]
     if HAS_FBGEMM and dense.dtype in _FBGEMM_DTYPES:

@@ -47,6 +47,7 @@ class Backbone(nn.Module, ABC):
 
         Returns:
             ``(sum_N, dim)``: the output at row ``r`` summarises its sequence up to and including ``r``.
+
         """
 
 
@@ -82,7 +83,7 @@ def registry() -> dict[str, type[Backbone]]:
 
 
 def get_backbone(name: str) -> type[Backbone]:
-    """The backbone class registered as ``name``; the error lists what is available."""
+    """Return the backbone class registered as ``name``; the error lists what is available."""
     zoo = registry()
     if name not in zoo:
         raise KeyError(f"no backbone named {name!r} in the zoo; available: {', '.join(sorted(zoo))}")

@@ -40,6 +40,7 @@ class HSTUBlock(nn.Module):
         time_bias: Learn ``rab_t``.
         eps: LayerNorm epsilon.
         kernel: ``pytorch``, ``triton`` or ``auto`` (see :func:`gr_lightning.ops.resolve_kernel`).
+
     """
 
     def __init__(
@@ -116,6 +117,7 @@ class HSTU(Backbone):
         time_bias: Learn the temporal relative attention bias.
         eps: LayerNorm epsilon.
         kernel: ``pytorch`` (reference), ``triton`` (fused) or ``auto`` (triton on CUDA).
+
     """
 
     description = "HSTU (Zhai et al. 2024): pointwise SiLU attention with relative position/time bias"

@@ -47,6 +47,7 @@ class SASRec(Backbone):
         num_blocks: Number of blocks (2 on ML-1M, 4 elsewhere in the paper's baselines).
         num_heads: Attention heads.
         dropout: Dropout on attention weights, residual branches and inside the feed-forward.
+
     """
 
     description = "SASRec (Kang & McAuley 2018): causal softmax self-attention baseline"

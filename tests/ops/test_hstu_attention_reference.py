@@ -93,7 +93,7 @@ def test_time_buckets_are_log_scaled_and_clamped():
 
 
 def test_output_does_not_depend_on_batch_companions():
-    q, k, v, offsets, ts = _inputs([3, 7], seed=2)
+    q, k, v, offsets, _ = _inputs([3, 7], seed=2)
     both = ops.hstu_attention(q, k, v, offsets, 7, alpha=1.0, scale_len=10)
     alone = ops.hstu_attention(q[:3], k[:3], v[:3], torch.tensor([0, 3]), 3, alpha=1.0, scale_len=10)
     torch.testing.assert_close(both[:3], alone)

@@ -8,7 +8,6 @@ every fused kernel is tested against; it materialises the ``(B, H, N, N)`` score
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -31,6 +30,7 @@ def time_buckets(next_ts: Tensor, ts: Tensor, num_buckets: int) -> Tensor:
 
     Returns:
         int64 bucket indices with the broadcast shape.
+
     """
     gap = (next_ts - ts).abs().clamp(min=1).to(torch.float32)
     return (torch.log(gap) / TIME_BUCKET_WIDTH).floor().clamp(0, num_buckets).to(torch.int64)
@@ -45,6 +45,7 @@ def next_timestamps(ts: Tensor, offsets: Tensor) -> Tensor:
 
     Returns:
         ``(sum_N,)``.
+
     """
     if ts.numel() == 0:
         return ts
@@ -81,6 +82,7 @@ def attention_mask(
 
     Returns:
         ``(B, N, N)`` bool.
+
     """
     device = lengths.device
     i = torch.arange(max_len, device=device).view(1, -1, 1)  # (1, N, 1)
@@ -141,6 +143,7 @@ def hstu_attention(
 
     Returns:
         ``(sum_N, H, d_v)``.
+
     """
     total = q.shape[0]
     if total == 0:

@@ -24,6 +24,8 @@ class JaggedBatch:
         max_len: Length of the longest sequence in the batch (a Python int, so no device sync).
         targets: For evaluation, the held-out next item of each sequence. ``(B,)`` int64, else None.
         users: Dense user index of each sequence (for predictions and debugging). ``(B,)`` int64.
+        query_times: Request time after each sequence, the "next timestamp" of its last event for the
+            temporal attention bias; at evaluation the target's timestamp. ``(B,)`` int64, else None.
 
     """
 
@@ -33,6 +35,7 @@ class JaggedBatch:
     max_len: int
     targets: Tensor | None = None
     users: Tensor | None = None
+    query_times: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -72,6 +75,10 @@ class JaggedBatch:
             raise ValueError(f"max_len={self.max_len} is below the longest sequence ({int(lengths.max())})")
         if self.targets is not None and self.targets.shape != (self.batch_size,):
             raise ValueError(f"targets must have shape ({self.batch_size},), got {tuple(self.targets.shape)}")
+        if self.query_times is not None and self.query_times.shape != (self.batch_size,):
+            raise ValueError(
+                f"query_times must have shape ({self.batch_size},), got {tuple(self.query_times.shape)}"
+            )
 
     @staticmethod
     def from_sequences(

@@ -91,7 +91,8 @@ class GRModule(L.LightningModule):
     def encode(self, batch: JaggedBatch) -> Tensor:
         """L2-normalised backbone output at every event. ``(sum_N, D)``."""
         x = self.input_encoder(self.item_embedding(batch.items), batch.offsets)
-        return F.normalize(self.backbone(x, batch.offsets, batch.max_len, batch.timestamps), dim=-1)
+        out = self.backbone(x, batch.offsets, batch.max_len, batch.timestamps, batch.query_times)
+        return F.normalize(out, dim=-1)
 
     def item_table(self) -> Tensor:
         """L2-normalised item embeddings, row 0 the padding id. ``(num_items + 1, D)``."""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# The suite is CPU-only: Triton kernels run on its interpreter. This must be set before anything imports
+# triton (lightning and torch may do so while other test folders are collected).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 

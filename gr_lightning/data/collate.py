@@ -33,9 +33,12 @@ def gather_batch(
     # Event row of every output position: its sequence's start plus its position within the sequence.
     shift = np.repeat(starts - offsets[:-1], lengths)  # (sum_N,)
     index = shift + np.arange(total, dtype=np.int64)  # (sum_N,)
-    targets = None
+    targets = query_times = None
     if split.targets is not None:
-        targets = torch.from_numpy(items[split.targets[rows]].astype(np.int64))
+        target_rows = split.targets[rows]  # (B,) event rows of the held-out targets
+        targets = torch.from_numpy(items[target_rows].astype(np.int64))
+        # The target's time is when the recommendation is requested: the temporal bias's query time.
+        query_times = torch.from_numpy(timestamps[target_rows].astype(np.int64))
     return JaggedBatch(
         items=torch.from_numpy(items[index].astype(np.int64)),
         timestamps=torch.from_numpy(timestamps[index].astype(np.int64)),
@@ -43,6 +46,7 @@ def gather_batch(
         max_len=int(lengths.max()) if rows.size else 0,
         targets=targets,
         users=torch.from_numpy(split.users[rows].copy()),
+        query_times=query_times,
     )
 
 

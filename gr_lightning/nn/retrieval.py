@@ -73,11 +73,12 @@ class SampledSoftmaxLoss(nn.Module):
 
         """
         num_items = item_table.shape[0] - 1
-        pos_logit = (queries * item_table[positives]).sum(-1, keepdim=True)  # (P, 1)
+        # F.embedding rather than item_table[ids]: its CUDA backward reduces duplicate ids in parallel.
+        pos_logit = (queries * F.embedding(positives, item_table)).sum(-1, keepdim=True)  # (P, 1)
         parts, ids = [pos_logit], [positives.unsqueeze(1)]
         if self.num_negatives:
             neg = torch.randint(1, num_items + 1, (queries.shape[0], self.num_negatives), device=queries.device)
-            parts.append(_row_dot(queries, item_table[neg]))  # (P, K)
+            parts.append(_row_dot(queries, F.embedding(neg, item_table)))  # (P, K)
             ids.append(neg)
         if self.in_batch_negatives:
             if item_log_q is None:
@@ -85,7 +86,7 @@ class SampledSoftmaxLoss(nn.Module):
             pick = torch.randint(0, positives.numel(), (queries.shape[0], self.in_batch_negatives),
                                  device=queries.device)
             neg = positives[pick]  # (P, K_b): popularity-proportional proposal
-            logits = _row_dot(queries, item_table[neg])  # (P, K_b)
+            logits = _row_dot(queries, F.embedding(neg, item_table))  # (P, K_b)
             # logQ: subtract each proposal's log-probability relative to the uniform proposal.
             parts.append(logits - (item_log_q[neg] + math.log(num_items)) * self.temperature)
             ids.append(neg)

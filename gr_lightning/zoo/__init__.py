@@ -36,7 +36,8 @@ class Backbone(nn.Module, ABC):
         self.max_seq_len = max_seq_len
 
     @abstractmethod
-    def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor) -> Tensor:
+    def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor,
+                query_times: Tensor | None = None) -> Tensor:
         """Encode jagged sequences.
 
         Args:
@@ -44,6 +45,8 @@ class Backbone(nn.Module, ABC):
             offsets: Sequence boundaries. ``(B+1,)``.
             max_len: Longest sequence in the batch.
             timestamps: Event times in seconds. ``(sum_N,)``.
+            query_times: Request time after each sequence (the target's time at evaluation), or None
+                when unknown. ``(B,)``. Backbones without temporal features ignore it.
 
         Returns:
             ``(sum_N, dim)``: the output at row ``r`` summarises its sequence up to and including ``r``.

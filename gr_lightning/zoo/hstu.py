@@ -77,7 +77,8 @@ class HSTUBlock(nn.Module):
             if table is not None:
                 nn.init.normal_(table, std=0.02)
 
-    def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor) -> Tensor:
+    def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor,
+                query_times: Tensor | None = None) -> Tensor:
         """Apply the block to jagged ``x`` of shape ``(sum_N, D)``; returns the same shape."""
         H, d_qk, d_v = self.num_heads, self.attention_dim, self.linear_dim
         normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
@@ -95,6 +96,7 @@ class HSTUBlock(nn.Module):
             pos_bias=self.pos_bias,
             time_bias=self.time_bias,
             timestamps=timestamps if self.time_bias is not None else None,
+            query_times=query_times if self.time_bias is not None else None,
         ).reshape(-1, H * d_v)  # (sum_N, H * d_v)
         gated = ops.norm_mul_dropout(attn, u, self.eps, self.dropout, self.training, kernel=self.kernel)
         return x + self.out(gated)
@@ -159,8 +161,9 @@ class HSTU(Backbone):
         for block in self.blocks:
             block.kernel = value
 
-    def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor) -> Tensor:
+    def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor,
+                query_times: Tensor | None = None) -> Tensor:
         """Run every block; see :meth:`Backbone.forward`."""
         for block in self.blocks:
-            x = block(x, offsets, max_len, timestamps)
+            x = block(x, offsets, max_len, timestamps, query_times)
         return x

@@ -58,7 +58,8 @@ class SASRec(Backbone):
         self.blocks = nn.ModuleList(_SASRecBlock(dim, num_heads, dropout) for _ in range(num_blocks))
         self.final_norm = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor) -> Tensor:
+    def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor,
+                query_times: Tensor | None = None) -> Tensor:
         """Encode jagged sequences; see :meth:`Backbone.forward` (timestamps are not used)."""
         total = x.shape[0]
         h = jagged_to_padded(x, offsets, max_len)  # (B, N, D)

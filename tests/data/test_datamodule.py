@@ -40,6 +40,9 @@ def test_leave_one_out_on_a_tiny_log(small_log, tmp_path):
     assert _raw(dm, batches["val"], 0) == [11, 12] and raw[int(batches["val"].targets[0])] == 13
     assert _raw(dm, batches["test"], 0) == [12, 13] and raw[int(batches["test"].targets[0])] == 14
     assert _raw(dm, batches["predict"], 0) == [13, 14] and batches["predict"].targets is None
+    # the request time of an evaluation is its target's timestamp (user 1's item 13 at t=4, 14 at t=5)
+    assert batches["val"].query_times.tolist() == [4, 2] and batches["test"].query_times.tolist() == [5, 3]
+    assert batches["predict"].query_times is None
     # user 2 = [20, 21, 22]: val [20] -> 21; test [20, 21] -> 22
     assert _raw(dm, batches["val"], 1) == [20] and raw[int(batches["val"].targets[1])] == 21
     assert _raw(dm, batches["test"], 1) == [20, 21] and raw[int(batches["test"].targets[1])] == 22

@@ -10,7 +10,8 @@ from gr_lightning import ops
 from gr_lightning.ops.pytorch import attention_mask, hstu_attention, time_buckets
 
 
-def _loop_reference(q, k, v, lengths, *, alpha, n, allowed, pos_bias=None, time_bias=None, ts=None):
+def _loop_reference(q, k, v, lengths, *, alpha, n, allowed, pos_bias=None, time_bias=None, ts=None,
+                    query_times=None):
     out = torch.zeros_like(v)
     start = 0
     for b, length in enumerate(lengths):
@@ -22,7 +23,10 @@ def _loop_reference(q, k, v, lengths, *, alpha, n, allowed, pos_bias=None, time_
                 if pos_bias is not None:
                     s = s + pos_bias[min(max(i - j, -(n - 1)), n - 1) + n - 1]
                 if time_bias is not None:
-                    nxt = ts[start + i + 1] if i + 1 < length else ts[start + length - 1]
+                    if i + 1 < length:
+                        nxt = ts[start + i + 1]
+                    else:
+                        nxt = ts[start + length - 1] if query_times is None else query_times[b]
                     gap = max(abs(int(nxt) - int(ts[start + j])), 1)
                     bucket = min(max(math.floor(math.log(gap) / 0.301), 0), time_bias.numel() - 1)
                     s = s + time_bias[bucket]
@@ -53,6 +57,21 @@ def test_causal_with_both_biases_matches_formula():
     want = _loop_reference(q, k, v, lengths, alpha=0.7, n=n, allowed=lambda b, i, j, L: j <= i,
                            pos_bias=pos_bias, time_bias=time_bias, ts=ts)
     torch.testing.assert_close(got, want)
+
+
+def test_query_times_are_the_last_rows_request_time():
+    lengths = [3, 0, 5]
+    q, k, v, offsets, ts = _inputs(lengths, seed=7)
+    time_bias = torch.randn(129, dtype=torch.float64)
+    query = torch.tensor([int(ts[2]) + 50_000, 0, int(ts[7]) + 3])
+    got = hstu_attention(q, k, v, offsets, 5, alpha=1.0, scale_len=8, time_bias=time_bias, timestamps=ts,
+                         query_times=query)
+    want = _loop_reference(q, k, v, lengths, alpha=1.0, n=8, allowed=lambda b, i, j, L: j <= i,
+                           time_bias=time_bias, ts=ts, query_times=query.tolist())
+    torch.testing.assert_close(got, want)
+    default = hstu_attention(q, k, v, offsets, 5, alpha=1.0, scale_len=8, time_bias=time_bias, timestamps=ts)
+    assert torch.equal(got[[0, 1, 3, 4, 5, 6]], default[[0, 1, 3, 4, 5, 6]])  # only last rows move
+    assert not torch.allclose(got[[2, 7]], default[[2, 7]])
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
+
 #: Width of one temporal bucket in log-seconds; must equal the reference's ``TIME_BUCKET_WIDTH``.
 _TIME_BUCKET_WIDTH: tl.constexpr = tl.constexpr(0.301)
 
@@ -120,10 +122,9 @@ def _load_ts(Ts, seq_start, pos, seq_len, ts_base, REL_TS: tl.constexpr):
 
 
 @triton.jit
-def _load_next_ts(Ts, seq_start, pos, seq_len, ts_base, REL_TS: tl.constexpr):
-    """Request time of rows at ``pos``: the next event's time, the last one repeated (relative)."""
-    nxt = tl.minimum(pos + 1, seq_len - 1)
-    return _load_ts(Ts, seq_start, tl.where(pos < seq_len, nxt, seq_len), seq_len, ts_base, REL_TS)
+def _load_next_ts(NextTs, seq_start, pos, seq_len, ts_base, REL_TS: tl.constexpr):
+    """Request time of rows at ``pos`` (the next event's time, precomputed by the wrapper), relative."""
+    return _load_ts(NextTs, seq_start, pos, seq_len, ts_base, REL_TS)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def _fwd_tile(acc, q, K, V, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, sta
 
 @triton.jit
 def _hstu_fwd_kernel(
-    Q, K, V, Out, Offsets, NumTargets, PosBias, TimeBias, Ts,
+    Q, K, V, Out, Offsets, NumTargets, PosBias, TimeBias, Ts, NextTs,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
     alpha, inv_scale, scale_len, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -211,7 +212,7 @@ def _hstu_fwd_kernel(
     ts_base = 0
     if HAS_TIME:
         ts_base = tl.load(Ts + seq_start)
-        next_ts = _load_next_ts(Ts, seq_start, offs_m, seq_len, ts_base, REL_TS)
+        next_ts = _load_next_ts(NextTs, seq_start, offs_m, seq_len, ts_base, REL_TS)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
     # Key range [lo, hi) that any row of this tile may see; [full_lo, full_hi) needs no mask.
@@ -275,7 +276,7 @@ def _hstu_fwd_kernel(
 
 
 @triton.jit
-def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, offs_n, start_n,
+def _bwd_tile(dk, dv, k, v, Q, DO, DQ, NextTs, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, offs_n, start_n,
               start_m,
               seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn,
               alpha, inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
@@ -299,7 +300,7 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, ts_base, PosBias, TimeBias, DPos, DTi
         pos_idx = _pos_index(i, j, scale_len)
         s += tl.load(PosBias + pos_idx).to(tl.float32)
     if HAS_TIME:
-        next_ts = _load_next_ts(Ts, seq_start, offs_m, seq_len, ts_base, REL_TS)
+        next_ts = _load_next_ts(NextTs, seq_start, offs_m, seq_len, ts_base, REL_TS)
         time_idx = _time_index(next_ts[None, :], ts_k[:, None], num_buckets, FAST_LOG)
         s += tl.load(TimeBias + time_idx).to(tl.float32)
     sig = _sigmoid(s, False)
@@ -359,7 +360,7 @@ def _pos_grad(DPos, ds, pos_idx, ok, start_m, start_n, scale_len, BLOCK_M: tl.co
 
 @triton.jit
 def _hstu_bwd_kernel(
-    Q, K, V, DO, DQ, DK, DV, Offsets, NumTargets, PosBias, TimeBias, Ts, DPos, DTime,
+    Q, K, V, DO, DQ, DK, DV, Offsets, NumTargets, PosBias, TimeBias, Ts, NextTs, DPos, DTime,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
     stride_dqn, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
     alpha, inv_scale, scale_len, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
@@ -425,13 +426,13 @@ def _hstu_bwd_kernel(
             ctx_hi = tl.minimum(tl.cdiv(num_contextual, BLOCK_M) * BLOCK_M, m_lo)
             for start_m in range(0, ctx_hi, BLOCK_M):
                 dk, dv = _bwd_tile(
-                    dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, offs_n,
+                    dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, offs_n,
                     start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
                     inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
                     BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS,
                     GRAD_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
     for start_m in range(m_lo, m_diag, BLOCK_M):
-        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime,
+        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
                            ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
                            stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                            num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
@@ -442,7 +443,7 @@ def _hstu_bwd_kernel(
         below_masked = below_masked | (start_n + BLOCK_N > hist_end)
     if below_masked:
         for start_m in range(m_diag, m_hi, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime,
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
                                ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
                                stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
@@ -450,7 +451,7 @@ def _hstu_bwd_kernel(
                                REL_TS, FAST_LOG, BLOCK_N)
     else:
         for start_m in range(m_diag, m_hi, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime,
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
                                ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
                                stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, False, HAS_TARGETS,
@@ -458,7 +459,7 @@ def _hstu_bwd_kernel(
                                REL_TS, FAST_LOG, BLOCK_N)
     if HAS_WINDOW:
         for start_m in range(m_cand, seq_len, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, ts_base, PosBias, TimeBias, DPos, DTime,
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
                                ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
                                stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
@@ -534,7 +535,7 @@ def _alloc(like: Tensor, shape=None) -> Tensor:
 
 
 def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-             pos_bias, time_bias, timestamps) -> Tensor:
+             pos_bias, time_bias, timestamps, next_ts) -> Tensor:
     total, num_heads, d_qk = q.shape
     d_v = v.shape[2]
     out = _alloc(v)  # (sum_N, H, d_v)
@@ -549,6 +550,7 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
         pos_bias if pos_bias is not None else dummy,
         time_bias if time_bias is not None else dummy,
         timestamps if timestamps is not None else dummy,
+        next_ts if next_ts is not None else dummy,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         float(alpha), 1.0 / scale_len, int(scale_len), int(num_contextual), int(window or 0),
@@ -569,7 +571,7 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
 
 
 def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-              pos_bias, time_bias, timestamps, grad_pos: bool, grad_time: bool):
+              pos_bias, time_bias, timestamps, next_ts, grad_pos: bool, grad_time: bool):
     total, num_heads, d_qk = q.shape
     d_v = v.shape[2]
     dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # (sum_N, H, d_qk), atomics
@@ -587,6 +589,7 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
             pos_bias if pos_bias is not None else dummy,
             time_bias if time_bias is not None else dummy,
             timestamps if timestamps is not None else dummy,
+            next_ts if next_ts is not None else dummy,
             dpos if dpos is not None else dq32,
             dtime if dtime is not None else dq32,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -617,24 +620,24 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
 class _HSTUAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-                pos_bias, time_bias, timestamps):
+                pos_bias, time_bias, timestamps, next_ts):
         out = _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-                       pos_bias, time_bias, timestamps)
-        ctx.save_for_backward(q, k, v, offsets, num_targets, pos_bias, time_bias, timestamps)
+                       pos_bias, time_bias, timestamps, next_ts)
+        ctx.save_for_backward(q, k, v, offsets, num_targets, pos_bias, time_bias, timestamps, next_ts)
         ctx.args = (max_len, alpha, scale_len, num_contextual, window)
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, offsets, num_targets, pos_bias, time_bias, timestamps = ctx.saved_tensors
+        q, k, v, offsets, num_targets, pos_bias, time_bias, timestamps, next_ts = ctx.saved_tensors
         max_len, alpha, scale_len, num_contextual, window = ctx.args
         grad_pos = pos_bias is not None and ctx.needs_input_grad[10]
         grad_time = time_bias is not None and ctx.needs_input_grad[11]
         dq, dk, dv, dpos, dtime = _backward(
             _last_dim_contiguous(do), q, k, v, offsets, max_len, alpha, scale_len, num_targets,
-            num_contextual, window, pos_bias, time_bias, timestamps, grad_pos, grad_time,
+            num_contextual, window, pos_bias, time_bias, timestamps, next_ts, grad_pos, grad_time,
         )
-        return dq, dk, dv, None, None, None, None, None, None, None, dpos, dtime, None
+        return dq, dk, dv, None, None, None, None, None, None, None, dpos, dtime, None, None
 
 
 def hstu_attention(
@@ -652,6 +655,7 @@ def hstu_attention(
     pos_bias: Tensor | None = None,
     time_bias: Tensor | None = None,
     timestamps: Tensor | None = None,
+    query_times: Tensor | None = None,
 ) -> Tensor:
     """HSTU attention on jagged inputs, fused in Triton; same contract as the PyTorch reference.
 
@@ -669,6 +673,7 @@ def hstu_attention(
         pos_bias: ``(2 * scale_len - 1,)`` positional bias table, or None.
         time_bias: ``(num_buckets + 1,)`` temporal bias table, or None.
         timestamps: ``(sum_N,)`` event times in seconds; required with ``time_bias``.
+        query_times: ``(B,)`` request time of each sequence's last row (default: its own time).
 
     Returns:
         ``(sum_N, H, d_v)`` in the dtype of ``v``.
@@ -681,10 +686,13 @@ def hstu_attention(
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     pos_bias = pos_bias.reshape(-1) if pos_bias is not None else None
     time_bias = time_bias.reshape(-1) if time_bias is not None else None
+    next_ts = None
     if timestamps is not None:
         timestamps = timestamps.contiguous()
+        next_ts = next_timestamps(timestamps, offsets, query_times).contiguous()  # (sum_N,)
     return _HSTUAttention.apply(q, k, v, offsets.contiguous(), int(max_len), float(alpha), int(scale_len),
-                                num_targets, int(num_contextual), window, pos_bias, time_bias, timestamps)
+                                num_targets, int(num_contextual), window, pos_bias, time_bias, timestamps,
+                                next_ts)
 
 
 __all__ = ["hstu_attention"]

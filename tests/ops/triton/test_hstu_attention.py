@@ -48,9 +48,9 @@ def _case(seed, lengths, heads=2, d_qk=16, d_v=16, targets=None, pos=False, time
                 num_targets=num_targets, pos_bias=pos_bias, time_bias=time_bias, timestamps=timestamps)
 
 
-def _run_both(case, alpha=0.7, num_contextual=0, window=None, tol=2e-5):
+def _run_both(case, alpha=0.7, num_contextual=0, window=None, tol=2e-5, query_times=None):
     kw = dict(alpha=alpha, scale_len=SCALE_LEN, num_targets=case["num_targets"],
-              num_contextual=num_contextual, window=window)
+              num_contextual=num_contextual, window=window, query_times=query_times)
     grads = ["q", "k", "v"] + [n for n in ("pos_bias", "time_bias") if case[n] is not None]
     ours = {n: case[n].clone().requires_grad_(n in grads) if case[n] is not None else None
             for n in ("q", "k", "v", "pos_bias", "time_bias")}
@@ -150,3 +150,13 @@ def test_detects_wrong_mask():
         ref = ref_attention(case["q"].double(), case["k"].double(), case["v"].double(),
                                        case["offsets"], 20, num_targets=case["num_targets"], **kw)
         assert _rel_err(out, ref) < 1e-3
+
+
+@pytest.mark.parametrize("lengths", [[7, 0, 13], [1, 20]])
+def test_query_times_set_the_last_rows_request_time(lengths):
+    case = _case(31, lengths, pos=True, time=True)
+    last = case["offsets"][1:] - 1
+    # the held-out target comes 1..10^5 seconds after each sequence's last event
+    gen = torch.Generator().manual_seed(5)
+    query = case["timestamps"][last.clamp(min=0)] + torch.randint(1, 100_000, (len(lengths),), generator=gen)
+    _run_both(case, query_times=query)

@@ -35,8 +35,8 @@ class GRLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link data-derived sizes into the model and register the always-on callbacks."""
-        parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
-        parser.link_arguments("data.max_seq_len", "model.max_seq_len", apply_on="instantiate")
+        parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
+        parser.link_arguments("data.max_seq_len", "model.init_args.max_seq_len", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": MONITOR,
@@ -46,7 +46,6 @@ class GRLightningCLI(LightningCLI):
             "checkpoint.save_last": True,
             "trainer.logger": {"class_path": "gr_lightning.tracking.GRMLFlowLogger"},
             "trainer.default_root_dir": "outputs",
-            "model.backbone": {"class_path": "gr_lightning.zoo.hstu.HSTU"},
         })
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the best-validation checkpoint in the same run.")
@@ -97,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     registry()  # import every plugin so YAML can name backbones by class name
     GRLightningCLI(
         GRModule,
+        subclass_mode_model=True,
         save_config_callback=MLflowConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"parser_mode": "omegaconf",

@@ -28,22 +28,22 @@ def test_print_config_resolves_the_demo(capsys):
         main(["fit", "--config", DEMO, "--print_config"])
     assert exit_info.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["model"]["backbone"]["class_path"] == "gr_lightning.zoo.hstu.HSTU"
-    assert config["model"]["backbone"]["init_args"]["num_blocks"] == 2
+    assert config["model"]["init_args"]["backbone"]["class_path"] == "gr_lightning.zoo.hstu.HSTU"
+    assert config["model"]["init_args"]["backbone"]["init_args"]["num_blocks"] == 2
     assert config["data"]["init_args"]["source"]["class_path"].endswith("Synthetic")
-    assert "num_items" not in config["model"]  # linked from the DataModule, not written by hand
+    assert "num_items" not in config["model"]["init_args"]  # linked from the DataModule, not written by hand
 
 
 def test_backbone_by_short_class_name(capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "--config", DEMO, "--model.backbone=SASRec", "--print_config"])
+        main(["fit", "--config", DEMO, "--model.init_args.backbone=SASRec", "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["model"]["backbone"]["class_path"] == "gr_lightning.zoo.sasrec.SASRec"
+    assert config["model"]["init_args"]["backbone"]["class_path"] == "gr_lightning.zoo.sasrec.SASRec"
 
 
 def test_bad_config_value_is_reported(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", DEMO, "--model.embedding_dim=wide"])
+        main(["fit", "--config", DEMO, "--model.init_args.embedding_dim=wide"])
     assert exit_info.value.code != 0
     assert "embedding_dim" in capsys.readouterr().err
 
@@ -62,7 +62,7 @@ def test_demo_fit_tracks_validation_and_test_and_beats_popularity(mlflow_uri, tm
     for key in ("val/hr_10", "val/ndcg_10", "val/mrr", "test/hr_10", "test/ndcg_10", "test/hr_200", "test/mrr",
                 "train/loss", "time/epoch_s"):
         assert key in metrics, key
-    assert run.data.params["model.backbone.class_path"] == "gr_lightning.zoo.hstu.HSTU"
+    assert run.data.params["model.init_args.backbone.class_path"] == "gr_lightning.zoo.hstu.HSTU"
     assert run.data.tags["best_checkpoint"].endswith(".ckpt")
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     assert "config.yaml" in artifacts

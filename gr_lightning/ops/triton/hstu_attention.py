@@ -78,7 +78,7 @@ def _allowed(i, j, seq_len, hist_end, num_contextual, window,
     if HAS_TARGETS:
         rule = rule & (j < hist_end)
     if HAS_WINDOW:
-        if HAS_CONTEXT:  # noqa: SIM108 (constexpr branches)
+        if HAS_CONTEXT:
             rule = rule & ((i - j <= window) | (j < num_contextual))
         else:
             rule = rule & (i - j <= window)
@@ -154,7 +154,7 @@ def _fwd_tile(acc, q, K, V, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, sta
             k = tl.load(k_ptrs)
         else:
             k = tl.load(k_ptrs, mask=offs_dqk[None, :] < D_QK, other=0.0)
-        if BLOCK_DV == D_V:  # noqa: SIM108
+        if BLOCK_DV == D_V:
             v = tl.load(v_ptrs)
         else:
             v = tl.load(v_ptrs, mask=offs_dv[None, :] < D_V, other=0.0)

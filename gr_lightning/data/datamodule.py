@@ -7,7 +7,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from gr_lightning.data.collate import passthrough
-from gr_lightning.data.sampling import BatchSampler, SplitDataset
+from gr_lightning.data.sampling import BatchSampler, ResumableDataLoader, SplitDataset, loader_generator
 from gr_lightning.data.sources.base import DataSource
 from gr_lightning.data.split import SplitIndex, eligible_users, leave_one_out
 from gr_lightning.data.store import SequenceStore
@@ -30,6 +30,9 @@ class RetrievalDataModule(L.LightningDataModule):
         seed: Seed of the per-epoch training shuffle.
         pin_memory: Pin batch memory (only useful with CUDA and a ``pin_memory``-aware batch).
         verify_cache: Check the CRC-32 of every cached array when loading it.
+        length_grouping: Group users of similar history length into batches and balance the estimated
+            attention cost across ranks (see :mod:`gr_lightning.data.sampling`); off: plain shuffled batches.
+        pool_steps: Training batches are length-sorted within pools of this many steps.
 
     """
 
@@ -45,6 +48,8 @@ class RetrievalDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         verify_cache: bool = True,
+        length_grouping: bool = True,
+        pool_steps: int = 50,
     ) -> None:
         super().__init__()
         if max_seq_len < 1:
@@ -61,6 +66,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.seed = seed
         self.pin_memory = pin_memory
         self.verify_cache = verify_cache
+        self.length_grouping = length_grouping
+        self.pool_steps = pool_steps
         self._store: SequenceStore | None = None
         self._users: np.ndarray | None = None
         self._splits: dict[str, SplitIndex] = {}
@@ -138,8 +145,9 @@ class RetrievalDataModule(L.LightningDataModule):
         if trainer is not None:
             rank, world_size = trainer.global_rank, trainer.world_size
         sampler = BatchSampler(len(split), batch_size, shuffle=shuffle, seed=self.seed, rank=rank,
-                               world_size=world_size)
-        return DataLoader(
+                               world_size=world_size, lengths=split.lengths() if self.length_grouping else None,
+                               pool_steps=self.pool_steps)
+        return ResumableDataLoader(
             SplitDataset(self.store, split),
             batch_size=None,
             sampler=sampler,
@@ -147,6 +155,7 @@ class RetrievalDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            generator=loader_generator(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,10 +1,13 @@
 """Data layer: sources, preprocessing to a memory-mapped cache, leave-one-out DataModules.
 
 Flow: a :class:`DataSource` (``MovieLens100K``, ``MovieLens1M``, ``MovieLens20M``, ``AmazonReviews``,
-``EventLog``, ``Synthetic``) yields raw event columns; :func:`build_sequences` groups them per user in
+``EventLog``, ``Synthetic``;
+for ranking ``KuaiRand``, ``SyntheticRanking``) yields raw event columns;
+:func:`build_sequences` groups them per user in
 time order with dense item ids ``1..num_items``; :class:`SequenceStore` caches the result as ``.npy``
 files in ``cache_dir/<source>-<fingerprint>/`` and memory-maps them; :class:`RetrievalDataModule`
-serves leave-one-out splits as :class:`~gr_lightning.batch.JaggedBatch`. Bad input raises
+serves leave-one-out splits as :class:`~gr_lightning.batch.JaggedBatch`; :class:`RankingDataModule`
+serves time-based ranking splits as :class:`RankingBatch`. Bad input raises
 :class:`DataError` naming the file, column, line or user.
 """
 
@@ -13,16 +16,19 @@ from gr_lightning.data.datamodule import RetrievalDataModule
 from gr_lightning.data.errors import DataError, DownloadError
 from gr_lightning.data.fetch import download, extract_zip
 from gr_lightning.data.preprocess import build_sequences
+from gr_lightning.data.ranking import RankingBatch, RankingDataModule
 from gr_lightning.data.sources import (
     BOOKS_URL,
     AmazonReviews,
     DataSource,
     DownloadableSource,
     EventLog,
+    KuaiRand,
     MovieLens1M,
     MovieLens20M,
     MovieLens100K,
     Synthetic,
+    SyntheticRanking,
     data_dir,
     default_root,
     k_core,
@@ -39,13 +45,17 @@ __all__ = [
     "DownloadError",
     "DownloadableSource",
     "EventLog",
+    "KuaiRand",
     "MovieLens1M",
     "MovieLens20M",
     "MovieLens100K",
+    "RankingBatch",
+    "RankingDataModule",
     "RetrievalDataModule",
     "SequenceStore",
     "SplitIndex",
     "Synthetic",
+    "SyntheticRanking",
     "build_sequences",
     "data_dir",
     "default_root",

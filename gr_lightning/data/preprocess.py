@@ -8,7 +8,15 @@ of arrays a :class:`~gr_lightning.data.store.SequenceStore` writes:
 - ``timestamps`` ``(N,)`` int64 seconds; ``ratings`` ``(N,)`` float32 when the source has them;
 - ``user_ids`` ``(U,)`` int64 raw user id of each dense user; ``item_ids`` ``(num_items+1,)`` int64
   raw item id of each dense item, ``item_ids[0] == -1``;
-- ``user_names`` / ``item_names`` (string ids, e.g. Amazon) when the source gives a vocabulary.
+- ``user_names`` / ``item_names`` (string ids, e.g. Amazon) when the source gives a vocabulary;
+- ranking sources only: ``actions`` ``(N,)`` int64, one merged action token id per event (several
+  actions on one event are merged into one id by the source, e.g. a bitmask); ``contexts`` ``(U, F)``
+  int64 contextual (user-side) features, each densified to ``1..V_f`` (0 is never used), with
+  ``context_names`` ``(F,)`` and ``context_sizes`` ``(F,)`` (``V_f + 1``, the embedding rows).
+
+A source passes actions as the ``action`` column (non-negative ids) and contextual features as
+``context_user_id`` ``(M,)`` raw user ids, ``context_values`` ``(M, F)`` non-negative integer codes and
+``context_names`` ``(F,)``; every user with events must have a context row.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ def _check_events(events: dict[str, np.ndarray]) -> int:
     if missing:
         raise DataError(f"events lack column(s) {missing}; got {sorted(events)}")
     n = len(events["user_id"])
-    for name in (*REQUIRED_COLUMNS, "rating"):
+    for name in (*REQUIRED_COLUMNS, "rating", "action"):
         if name in events and len(events[name]) != n:
             raise DataError(f"column {name!r} has {len(events[name])} rows, user_id has {n}")
     if n == 0:
@@ -62,7 +70,39 @@ def _check_events(events: dict[str, np.ndarray]) -> int:
         if values.min() < 0:
             row = int(np.flatnonzero(values < 0)[0])
             raise DataError(f"negative {name} {int(values[row])} at event row {row}")
+    if "action" in events and len(events["action"]) and np.asarray(events["action"]).min() < 0:
+        row = int(np.flatnonzero(np.asarray(events["action"]) < 0)[0])
+        raise DataError(f"negative action id {int(events['action'][row])} at event row {row}")
     return n
+
+
+def _contexts(events: dict[str, np.ndarray], user_vocab: np.ndarray, source: str) -> dict[str, np.ndarray]:
+    """Per dense user, the contextual features densified per column to ``1..V_f``."""
+    ids = np.asarray(events["context_user_id"], dtype=np.int64)  # (M,)
+    values = np.asarray(events["context_values"], dtype=np.int64)  # (M, F)
+    names = np.asarray(events["context_names"]).astype(str)  # (F,)
+    if values.ndim != 2 or values.shape[0] != ids.shape[0] or values.shape[1] != names.shape[0]:
+        raise DataError(f"{source}: context_values {values.shape} does not match {ids.shape[0]} users "
+                        f"x {names.shape[0]} features")
+    if values.size and values.min() < 0:
+        row, col = (int(v[0]) for v in np.nonzero(values < 0))
+        raise DataError(f"{source}: negative code in contextual feature {names[col]!r} of user {int(ids[row])}")
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    pos = np.searchsorted(sorted_ids, user_vocab)  # (U,)
+    found = (pos < sorted_ids.size) & (sorted_ids[np.minimum(pos, sorted_ids.size - 1)] == user_vocab)
+    if not found.all():
+        missing = user_vocab[~found]
+        raise DataError(f"{source}: {missing.size} user(s) with events have no contextual features, "
+                        f"e.g. user {int(missing[0])}")
+    rows = values[order[pos]]  # (U, F) raw codes of each dense user
+    dense = np.empty_like(rows)
+    sizes = np.empty(names.shape[0], dtype=np.int64)
+    for f in range(names.shape[0]):  # a loop over feature columns (a handful), not rows
+        vocab, inverse = np.unique(rows[:, f], return_inverse=True)
+        dense[:, f] = inverse.reshape(-1) + 1
+        sizes[f] = vocab.size + 1
+    return {"contexts": dense, "context_names": names, "context_sizes": sizes}
 
 
 def build_sequences(events: dict[str, np.ndarray], *, source: str = "source") -> dict[str, np.ndarray]:
@@ -111,6 +151,10 @@ def build_sequences(events: dict[str, np.ndarray], *, source: str = "source") ->
     }
     if "rating" in events:
         out["ratings"] = np.asarray(events["rating"], dtype=np.float32)[order]
+    if "action" in events:
+        out["actions"] = np.asarray(events["action"], dtype=np.int64)[order]
+    if "context_values" in events:
+        out.update(_contexts(events, user_vocab, source))
     if "user_vocab" in events:
         out["user_names"] = np.asarray(events["user_vocab"])[user_vocab]
     if "item_vocab" in events:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 _REQUIRED = ("offsets", "items", "timestamps", "user_ids", "item_ids")
-_OPTIONAL = ("ratings", "user_names", "item_names")
+_OPTIONAL = ("ratings", "user_names", "item_names", "actions", "contexts", "context_names", "context_sizes")
 _CRC_CHUNK = 1 << 24
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,26 @@ class SequenceStore:
     def ratings(self) -> np.ndarray | None:
         """``(N,)`` float32 ratings, or None when the source has none."""
         return self.array("ratings") if "ratings" in self.meta["arrays"] else None
+
+    @property
+    def actions(self) -> np.ndarray | None:
+        """``(N,)`` int64 merged action token id of each event (ranking sources), or None."""
+        return self.array("actions") if "actions" in self.meta["arrays"] else None
+
+    @property
+    def contexts(self) -> np.ndarray | None:
+        """``(U, F)`` int64 contextual features of each user, densified to ``1..V_f``, or None."""
+        return self.array("contexts") if "contexts" in self.meta["arrays"] else None
+
+    @property
+    def context_names(self) -> list[str]:
+        """Names of the ``F`` contextual features (empty when the source has none)."""
+        return [str(n) for n in self.array("context_names")] if "context_names" in self.meta["arrays"] else []
+
+    @property
+    def context_sizes(self) -> list[int]:
+        """Embedding rows of each contextual feature (``V_f + 1``; empty when there are none)."""
+        return [int(n) for n in self.array("context_sizes")] if "context_sizes" in self.meta["arrays"] else []
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -237,6 +257,8 @@ class SequenceStore:
             or store.items.shape != (store.num_events,)
             or store.timestamps.shape != (store.num_events,)
             or store.item_ids.shape != (store.num_items + 1,)
+            or (store.actions is not None and store.actions.shape != (store.num_events,))
+            or (store.contexts is not None and store.contexts.shape[0] != store.num_users)
         ):
             raise CorruptCacheError(f"{path}: array sizes disagree with the counts in meta.json")
         return store

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from gr_lightning.data.errors import DataError
 from gr_lightning.data.readers import (
+    column_to_codes,
     column_to_float32,
     column_to_int64,
     find_file,
@@ -39,6 +40,13 @@ class EventLog(DataSource):
             ``user_column``: every listed user must have events and every event's user must be
             listed (a clear error names the first offender otherwise).
         name: Name of the log in cache folders and messages.
+        action_column: Column holding a non-negative integer action token id per event (ranking; several
+            actions of one event must already be merged into one id, e.g. a bitmask), or None.
+        context_columns: Categorical user columns used as contextual features (ranking), any type
+            (values become codes); read from ``context_file`` when given, else from the log itself
+            (each user's first event).
+        context_file: Optional CSV/Parquet file with one row per user: ``user_column`` and the
+            ``context_columns``.
 
     """
 
@@ -53,6 +61,9 @@ class EventLog(DataSource):
         delimiter: str = ",",
         users_file: str | None = None,
         name: str = "events",
+        action_column: str | None = None,
+        context_columns: list[str] | None = None,
+        context_file: str | None = None,
     ) -> None:
         self.path = path
         self.format = format
@@ -63,6 +74,11 @@ class EventLog(DataSource):
         self.delimiter = delimiter
         self.users_file = users_file
         self.name = name
+        self.action_column = action_column
+        self.context_columns = list(context_columns or [])
+        self.context_file = context_file
+        if context_file and not self.context_columns:
+            raise ValueError("context_file is set but context_columns is empty")
 
     def settings(self) -> dict[str, Any]:
         """All constructor arguments."""
@@ -72,6 +88,8 @@ class EventLog(DataSource):
             "columns": [self.user_column, self.item_column, self.timestamp_column, self.rating_column],
             "delimiter": self.delimiter,
             "users_file": self.users_file,
+            **({"action_column": self.action_column} if self.action_column else {}),
+            **({"context": [self.context_columns, self.context_file]} if self.context_columns else {}),
         }
 
     def _resolve(self, name: str) -> Path:
@@ -86,6 +104,8 @@ class EventLog(DataSource):
         out = [self._resolve(self.path)]
         if self.users_file:
             out.append(self._resolve(self.users_file))
+        if self.context_file:
+            out.append(self._resolve(self.context_file))
         return out
 
     @staticmethod
@@ -121,7 +141,33 @@ class EventLog(DataSource):
             events["rating"] = column_to_float32(rating, self.rating_column, path, line_offset=offset)
         if self.users_file:
             self._check_users(paths[1], events["user_id"], path, offset)
+        if self.action_column:
+            table = self._read(path, {"action": self.action_column}, self.format, self.delimiter)[0]
+            events["action"] = column_to_int64(table["action"], self.action_column, path, line_offset=offset)
+        if self.context_columns:
+            events.update(self._read_context(paths[-1] if self.context_file else path, events["user_id"]))
         return events
+
+    def _read_context(self, path: Path, event_users: np.ndarray) -> dict[str, np.ndarray]:
+        """Contextual columns of each user as integer codes (from the context file or the log)."""
+        columns = {"user_id": self.user_column, **{f"ctx{i}": c for i, c in enumerate(self.context_columns)}}
+        fmt = self.format
+        if fmt == "auto":
+            fmt = "parquet" if ".parq" in path.name else "csv"
+        if fmt == "parquet":
+            table, offset = read_parquet(path, columns), 1
+        else:
+            types = {k: pa.string() for k in columns if k != "user_id"} | {"user_id": _INT}
+            table, offset = read_csv(path, columns, delimiter=self.delimiter, header=True, types=types), 2
+        users = column_to_int64(table["user_id"], self.user_column, path, line_offset=offset)
+        codes = [column_to_codes(table[f"ctx{i}"], c, path, line_offset=offset)[0]
+                 for i, c in enumerate(self.context_columns)]
+        _, first = np.unique(users, return_index=True)  # one row per user: the first one
+        return {
+            "context_user_id": users[first],
+            "context_values": np.stack(codes, axis=1)[first],  # (M, F)
+            "context_names": np.array(self.context_columns),
+        }
 
     def _check_users(self, users_path: Path, event_users: np.ndarray, path: Path, offset: int) -> None:
         columns = {"user_id": self.user_column}

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from gr_lightning.callbacks import EpochTimer
 from gr_lightning.module import GRModule
+from gr_lightning.prediction import PredictionWriter
 from gr_lightning.tracking import BestCheckpointTag, MLflowConfigCallback
 from gr_lightning.zoo import registry
 
@@ -47,6 +48,10 @@ class GRLightningCLI(LightningCLI):
             "trainer.logger": {"class_path": "gr_lightning.tracking.GRMLFlowLogger"},
             "trainer.default_root_dir": "outputs",
         })
+        # Predictions stream to a file (the writer acts only in `predict`); nothing is kept in memory.
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+        if "return_predictions" in {action.dest for action in parser._actions}:
+            parser.set_defaults({"return_predictions": False})
         parser.add_argument("--test_after_fit", type=bool, default=True,
                             help="After fit, test the best-validation checkpoint in the same run.")
         parser.add_argument("--rich", type=bool, default=True,

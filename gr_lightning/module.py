@@ -43,11 +43,13 @@ class GRModule(L.LightningModule):
         filter_history: Exclude the user's history from the ranking at evaluation and prediction.
         hr_ks: Hit-rate cut-offs.
         ndcg_ks: NDCG cut-offs.
-        predict_top_k: Items returned per user by ``predict``.
         optimizer: Optimizer factory (AdamW per the paper by default).
         lr_scheduler: Optional scheduler factory.
 
     """
+
+    #: Items returned per user by ``predict``; set by :class:`~gr_lightning.prediction.PredictionWriter`.
+    predict_top_k: int = 100
 
     def __init__(
         self,
@@ -62,14 +64,15 @@ class GRModule(L.LightningModule):
         filter_history: bool = True,
         hr_ks: tuple[int, ...] = DEFAULT_HR_KS,
         ndcg_ks: tuple[int, ...] = DEFAULT_NDCG_KS,
-        predict_top_k: int = 100,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
         if num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {num_items} (is the DataModule linked?)")
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"], logger=False)
+        # Under LightningCLI the hparams are the config as given (class_path + init_args), so a checkpoint
+        # carries everything `--ckpt_path` needs to rebuild the model; logging them is the CLI callback's job.
+        self.save_hyperparameters(logger=False)
         self.item_embedding = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
         nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
         self.input_encoder = PositionalInputEncoder(embedding_dim, max_seq_len, input_dropout)
@@ -80,7 +83,6 @@ class GRModule(L.LightningModule):
         # Filled from the DataModule's training item counts in setup(); only in-batch negatives use it.
         self.register_buffer("item_log_q", torch.zeros(num_items + 1), persistent=False)
         self.filter_history = filter_history
-        self.predict_top_k = predict_top_k
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.val_metrics = RetrievalMetrics(hr_ks, ndcg_ks)

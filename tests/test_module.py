@@ -21,7 +21,8 @@ def _model(**kwargs) -> GRModule:
 
 
 def test_predict_top_k_equals_brute_force_with_history_filtered():
-    model = _model(predict_top_k=5)
+    model = _model()
+    model.predict_top_k = 5
     batch = JaggedBatch.from_sequences([[1, 2, 3], [7], [4, 4, 9, 10]])
     out = model.predict_step(batch, 0)
     scores = model.score_catalogue(batch)

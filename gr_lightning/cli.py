@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import (
     LearningRateMonitor,
     ModelCheckpoint,
@@ -22,13 +22,17 @@ from rich.console import Console
 from rich.table import Table
 
 from gr_lightning.callbacks import EpochTimer
-from gr_lightning.module import GRModule
 from gr_lightning.prediction import PredictionWriter
 from gr_lightning.tracking import BestCheckpointTag, MLflowConfigCallback
 from gr_lightning.zoo import registry
 
 #: The metric that selects the checkpoint reported on the test split.
 MONITOR = "val/ndcg_10"
+
+
+def _ranking_spec(data: object) -> dict | None:
+    """The ranking DataModule's ``ranking_spec`` (None for other DataModules)."""
+    return getattr(data, "ranking_spec", None)
 
 
 class GRLightningCLI(LightningCLI):
@@ -38,6 +42,9 @@ class GRLightningCLI(LightningCLI):
         """Link data-derived sizes into the model and register the always-on callbacks."""
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.max_seq_len", "model.init_args.max_seq_len", apply_on="instantiate")
+        # Ranking: embedding-table sizes and the token layout come from the data (RankingDataModule.ranking_spec);
+        # a retrieval DataModule has none and a retrieval model takes none, so the link is then a no-op.
+        parser.link_arguments("data", "model.init_args.data_spec", compute_fn=_ranking_spec, apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": MONITOR,
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     registry()  # import every plugin so YAML can name backbones by class name
     GRLightningCLI(
-        GRModule,
+        LightningModule,  # GRModule (retrieval) or RankingModule (ranking), by class_path
         subclass_mode_model=True,
         save_config_callback=MLflowConfigCallback,
         save_config_kwargs={"overwrite": True},

@@ -37,7 +37,8 @@ class Backbone(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor,
-                query_times: Tensor | None = None) -> Tensor:
+                query_times: Tensor | None = None, *, num_targets: Tensor | None = None,
+                num_contextual: int = 0) -> Tensor:
         """Encode jagged sequences.
 
         Args:
@@ -47,6 +48,11 @@ class Backbone(nn.Module, ABC):
             timestamps: Event times in seconds. ``(sum_N,)``.
             query_times: Request time after each sequence (the target's time at evaluation), or None
                 when unknown. ``(B,)``. Backbones without temporal features ignore it.
+            num_targets: Ranking: the last ``num_targets[b]`` rows of sequence ``b`` are candidates
+                (target-aware mask: they see the history and themselves; history never sees them).
+                ``(B,)``, or None. Backbones that cannot honour it raise.
+            num_contextual: Ranking: the first rows of every sequence form a contextual prefix that sees
+                the whole non-candidate sequence. Backbones that cannot honour it raise.
 
         Returns:
             ``(sum_N, dim)``: the output at row ``r`` summarises its sequence up to and including ``r``.

@@ -78,7 +78,8 @@ class HSTUBlock(nn.Module):
                 nn.init.normal_(table, std=0.02)
 
     def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor,
-                query_times: Tensor | None = None) -> Tensor:
+                query_times: Tensor | None = None, num_targets: Tensor | None = None,
+                num_contextual: int = 0) -> Tensor:
         """Apply the block to jagged ``x`` of shape ``(sum_N, D)``; returns the same shape."""
         H, d_qk, d_v = self.num_heads, self.attention_dim, self.linear_dim
         normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
@@ -97,6 +98,8 @@ class HSTUBlock(nn.Module):
             time_bias=self.time_bias,
             timestamps=timestamps if self.time_bias is not None else None,
             query_times=query_times if self.time_bias is not None else None,
+            num_targets=num_targets,
+            num_contextual=num_contextual,
         ).reshape(-1, H * d_v)  # (sum_N, H * d_v)
         gated = ops.norm_mul_dropout(attn, u, self.eps, self.dropout, self.training, kernel=self.kernel)
         return x + self.out(gated)
@@ -162,8 +165,17 @@ class HSTU(Backbone):
             block.kernel = value
 
     def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor,
-                query_times: Tensor | None = None) -> Tensor:
-        """Run every block; see :meth:`Backbone.forward`."""
+                query_times: Tensor | None = None, *, num_targets: Tensor | None = None,
+                num_contextual: int = 0) -> Tensor:
+        """Run every block; see :meth:`Backbone.forward` (target-aware and contextual-prefix masks supported)."""
+        if num_targets is not None:
+            lengths = offsets[1:] - offsets[:-1]
+            too_long = torch.nonzero(num_targets + num_contextual > lengths).flatten()
+            if too_long.numel():
+                b = int(too_long[0])
+                raise ValueError(f"sequence {b} has {int(num_targets[b])} candidate rows and {num_contextual} "
+                                 f"contextual rows but only {int(lengths[b])} rows in all: the candidates are "
+                                 "longer than the sequence")
         for block in self.blocks:
-            x = block(x, offsets, max_len, timestamps, query_times)
+            x = block(x, offsets, max_len, timestamps, query_times, num_targets, num_contextual)
         return x

@@ -59,8 +59,18 @@ class SASRec(Backbone):
         self.final_norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor,
-                query_times: Tensor | None = None) -> Tensor:
-        """Encode jagged sequences; see :meth:`Backbone.forward` (timestamps are not used)."""
+                query_times: Tensor | None = None, *, num_targets: Tensor | None = None,
+                num_contextual: int = 0) -> Tensor:
+        """Encode jagged sequences; see :meth:`Backbone.forward` (timestamps are not used).
+
+        Raises:
+            NotImplementedError: ``num_targets`` or ``num_contextual`` is set: SASRec is causal only, so it
+                cannot serve as a ranking backbone with candidates or a contextual prefix.
+
+        """
+        if num_targets is not None or num_contextual:
+            raise NotImplementedError("SASRec supports only the causal mask; ranking with candidates "
+                                      "(num_targets) or a contextual prefix needs a backbone such as HSTU")
         total = x.shape[0]
         h = jagged_to_padded(x, offsets, max_len)  # (B, N, D)
         for block in self.blocks:

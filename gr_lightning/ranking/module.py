@@ -14,6 +14,7 @@ later actions, and pass them on to earlier rows in the next layer), which the mo
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 
 import lightning as L
 import torch
@@ -88,7 +89,8 @@ class RankingModule(L.LightningModule):
         if supervise_history and contextual_prefix_mask and self.num_contextual:
             raise ValueError("supervise_history with the contextual-prefix mask leaks future actions into history "
                              "predictions; set contextual_prefix_mask=false or supervise_history=false")
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler", "tasks"], logger=False)
+        self.hparams["tasks"] = [asdict(t) for t in self.tasks]  # plain dicts: checkpoints load with weights_only
         num_candidates = int(data_spec.get("num_candidates", 1))
         max_tokens = self.num_contextual + (2 if use_actions else 1) * max_seq_len + num_candidates
         self.preprocessor = RankingPreprocessor(num_items, int(data_spec["num_actions"]), context_sizes,

@@ -21,7 +21,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from rich.console import Console
 from rich.table import Table
 
-from gr_lightning.callbacks import EpochTimer
+from gr_lightning.callbacks import EpochTimer, Throughput
+from gr_lightning.checkpointing import RNGStateCheckpoint
 from gr_lightning.prediction import PredictionWriter
 from gr_lightning.tracking import BestCheckpointTag, MLflowConfigCallback
 from gr_lightning.zoo import registry
@@ -55,6 +56,10 @@ class GRLightningCLI(LightningCLI):
             "trainer.logger": {"class_path": "gr_lightning.tracking.GRMLFlowLogger"},
             "trainer.default_root_dir": "outputs",
         })
+        # Scale-out: atomic checkpoint writes (a YAML `trainer.plugins` list replaces it) and throughput/MFU
+        # logging (`throughput.peak_flops` overrides the device's peak).
+        parser.set_defaults({"trainer.plugins": [{"class_path": "gr_lightning.checkpointing.AtomicCheckpointIO"}]})
+        parser.add_lightning_class_args(Throughput, "throughput")
         # Predictions stream to a file (the writer acts only in `predict`); nothing is kept in memory.
         parser.add_lightning_class_args(PredictionWriter, "prediction")
         if "return_predictions" in {action.dest for action in parser._actions}:
@@ -70,7 +75,7 @@ class GRLightningCLI(LightningCLI):
         self._rich = bool(config.get("rich", True))
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
-        extra = [EpochTimer(), BestCheckpointTag(), LearningRateMonitor(logging_interval="epoch")]
+        extra = [EpochTimer(), RNGStateCheckpoint(), BestCheckpointTag(), LearningRateMonitor(logging_interval="epoch")]
         if self._rich:
             extra += [RichProgressBar(leave=True), RichModelSummary(max_depth=2)]
         return super()._instantiate_trainer(config, [*callbacks, *extra])

@@ -109,8 +109,9 @@ class RankingModule(L.LightningModule):
         self.test_metrics = self._metrics(auc_bins)
 
     def _metrics(self, bins: int) -> nn.ModuleDict:
-        return nn.ModuleDict({t.name: BinaryTaskMetrics(bins) if t.type == "binary" else RegressionTaskMetrics()
-                              for t in self.tasks})
+        # Keys carry a prefix: a task may be called like an nn.Module attribute (KuaiRand's "forward").
+        return nn.ModuleDict({f"task_{t.name}": BinaryTaskMetrics(bins) if t.type == "binary"
+                              else RegressionTaskMetrics() for t in self.tasks})
 
     # --- model -------------------------------------------------------------------------------------
 
@@ -159,19 +160,20 @@ class RankingModule(L.LightningModule):
         predictions = self(batch).float()  # (sum_K, T)
         labels = self.task_labels(batch.labels)
         for t, task in enumerate(self.tasks):
-            metrics[task.name].update(predictions[:, t], labels[:, t])
+            metrics[f"task_{task.name}"].update(predictions[:, t], labels[:, t])
 
     def _log_epoch(self, prefix: str, metrics: nn.ModuleDict) -> None:
         values: dict[str, Tensor] = {}
         aucs = []
         for task in self.tasks:
-            for key, value in metrics[task.name].compute().items():
+            for key, value in metrics[f"task_{task.name}"].compute().items():
                 values[f"{prefix}/{key}_{task.name}"] = value
             if task.type == "binary":
                 aucs.append(values[f"{prefix}/auc_{task.name}"])
-            metrics[task.name].reset()
+            metrics[f"task_{task.name}"].reset()
         if aucs:
-            values[f"{prefix}/auc"] = torch.stack(aucs).mean()  # mean AUC over binary tasks: the checkpoint monitor
+            # Mean AUC over binary tasks (those with both classes present): the checkpoint monitor.
+            values[f"{prefix}/auc"] = torch.stack(aucs).nanmean()
         self.log_dict(values)
 
     def validation_step(self, batch: RankingBatch, batch_idx: int) -> None:

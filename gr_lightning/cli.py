@@ -31,11 +31,6 @@ from gr_lightning.zoo import registry
 MONITOR = "val/ndcg_10"
 
 
-def _ranking_spec(data: object) -> dict | None:
-    """The ranking DataModule's ``ranking_spec`` (None for other DataModules)."""
-    return getattr(data, "ranking_spec", None)
-
-
 class GRLightningCLI(LightningCLI):
     """LightningCLI with the project's defaults, argument links and test-after-fit."""
 
@@ -43,9 +38,6 @@ class GRLightningCLI(LightningCLI):
         """Link data-derived sizes into the model and register the always-on callbacks."""
         parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
         parser.link_arguments("data.max_seq_len", "model.init_args.max_seq_len", apply_on="instantiate")
-        # Ranking: embedding-table sizes and the token layout come from the data (RankingDataModule.ranking_spec);
-        # a retrieval DataModule has none and a retrieval model takes none, so the link is then a no-op.
-        parser.link_arguments("data", "model.init_args.data_spec", compute_fn=_ranking_spec, apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": MONITOR,

@@ -41,8 +41,8 @@ class RankingModule(L.LightningModule):
         tasks: The task list (name, type, label, weight); see :mod:`gr_lightning.ranking.tasks`.
         num_items: Catalogue size (linked from the DataModule).
         max_seq_len: Longest history in events (linked from the DataModule).
-        data_spec: ``num_actions``, ``context_sizes``, ``context_names``, ``num_candidates`` (linked from the
-            DataModule's ``ranking_spec`` by the CLI).
+        data_spec: ``num_actions``, ``context_sizes``, ``context_names``, ``num_candidates``; None reads the
+            DataModule's ``ranking_spec`` in ``setup()`` (the tables are built then, before any checkpoint loads).
         embedding_dim: Width D of all embedding tables and of the backbone.
         input_dropout: Dropout on the encoded tokens.
         head_hidden_dims: Hidden widths of the multi-task MLP.
@@ -78,27 +78,16 @@ class RankingModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
         super().__init__()
-        if data_spec is None:
-            raise ValueError("RankingModule needs data_spec (num_actions, context_sizes, num_candidates): the CLI "
-                             "links it from RankingDataModule.ranking_spec; pass it yourself otherwise")
         if num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {num_items} (is the DataModule linked?)")
         self.tasks = parse_tasks(tasks)
-        context_sizes = list(data_spec.get("context_sizes", [])) if use_contexts else []
-        self.num_contextual = len(context_sizes)
-        if supervise_history and contextual_prefix_mask and self.num_contextual:
-            raise ValueError("supervise_history with the contextual-prefix mask leaks future actions into history "
-                             "predictions; set contextual_prefix_mask=false or supervise_history=false")
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler", "tasks"], logger=False)
         self.hparams["tasks"] = [asdict(t) for t in self.tasks]  # plain dicts: checkpoints load with weights_only
-        num_candidates = int(data_spec.get("num_candidates", 1))
-        max_tokens = self.num_contextual + (2 if use_actions else 1) * max_seq_len + num_candidates
-        self.preprocessor = RankingPreprocessor(num_items, int(data_spec["num_actions"]), context_sizes,
-                                                embedding_dim, max_tokens, input_dropout, use_actions)
-        self.backbone = backbone(embedding_dim, max_tokens)
-        if not isinstance(self.backbone, Backbone):
-            raise TypeError(f"backbone factory returned {type(self.backbone).__name__}, not a zoo Backbone")
+        self._backbone_factory = backbone
         self.head = MultiTaskHead(embedding_dim, len(self.tasks), list(head_hidden_dims or [128]), head_dropout)
+        self.num_contextual = 0
+        if data_spec is not None:
+            self._build(data_spec)
         self.contextual_prefix_mask = contextual_prefix_mask
         self.supervise_history = supervise_history
         self.optimizer_factory = optimizer
@@ -107,6 +96,34 @@ class RankingModule(L.LightningModule):
         self.register_buffer("is_binary", torch.tensor([t.type == "binary" for t in self.tasks]), persistent=False)
         self.val_metrics = self._metrics(auc_bins)
         self.test_metrics = self._metrics(auc_bins)
+
+    def _build(self, data_spec: dict) -> None:
+        """Create the embedding tables and the backbone, whose sizes depend on the data."""
+        hp = self.hparams
+        context_sizes = list(data_spec.get("context_sizes", [])) if hp.use_contexts else []
+        self.num_contextual = len(context_sizes)
+        if hp.supervise_history and hp.contextual_prefix_mask and self.num_contextual:
+            raise ValueError("supervise_history with the contextual-prefix mask leaks future actions into history "
+                             "predictions; set contextual_prefix_mask=false or supervise_history=false")
+        num_candidates = int(data_spec.get("num_candidates", 1))
+        max_tokens = self.num_contextual + (2 if hp.use_actions else 1) * hp.max_seq_len + num_candidates
+        self.preprocessor = RankingPreprocessor(hp.num_items, int(data_spec["num_actions"]), context_sizes,
+                                                hp.embedding_dim, max_tokens, hp.input_dropout, hp.use_actions)
+        self.backbone = self._backbone_factory(hp.embedding_dim, max_tokens)
+        if not isinstance(self.backbone, Backbone):
+            raise TypeError(f"backbone factory returned {type(self.backbone).__name__}, not a zoo Backbone")
+        self.hparams["data_spec"] = dict(data_spec)  # so load_from_checkpoint rebuilds the same tables
+
+    def setup(self, stage: str) -> None:
+        """Build the data-dependent parts from the DataModule's ``ranking_spec`` unless ``data_spec`` was given."""
+        if hasattr(self, "preprocessor"):
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        spec = getattr(datamodule, "ranking_spec", None)
+        if spec is None:
+            raise ValueError("RankingModule needs data_spec (num_actions, context_sizes, num_candidates): pass it, or "
+                             "train with a RankingDataModule, whose ranking_spec is read in setup()")
+        self._build(spec)
 
     def _metrics(self, bins: int) -> nn.ModuleDict:
         # Keys carry a prefix: a task may be called like an nn.Module attribute (KuaiRand's "forward").

@@ -89,8 +89,13 @@ class MLflowConfigCallback(SaveConfigCallback):
         as_dict = self.parser.dump(self.config, format="json_indented", skip_none=False)
         params = {k: v for k, v in _flatten(json.loads(as_dict)).items() if not k.startswith("config")}
         for logger in loggers:
-            logger.log_hyperparams(params)
-            logger.experiment.log_text(logger.run_id, text, "config.yaml")
+            # A resumed run (``trainer.logger.init_args.run_id``) already holds the config; MLflow refuses to
+            # change a logged param, so only new keys are added and the resumed config gets its own artifact.
+            logged = logger.experiment.get_run(logger.run_id).data.params
+            fresh = {k: v for k, v in params.items() if k not in logged}
+            if fresh:
+                logger.log_hyperparams(fresh)
+            logger.experiment.log_text(logger.run_id, text, "config-resumed.yaml" if logged else "config.yaml")
 
 
 class BestCheckpointTag(Callback):

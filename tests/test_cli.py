@@ -79,3 +79,20 @@ def test_demo_fit_tracks_validation_and_test_and_beats_popularity(mlflow_uri, tm
     print(f"demo test HR@10 {metrics['test/hr_10']:.4f} vs most-popular {float(popular['hr_10']):.4f}")
     assert metrics["test/hr_10"] >= 3 * float(popular["hr_10"])
     assert mlflow.get_tracking_uri() == mlflow_uri
+
+
+def test_resuming_into_the_same_mlflow_run(mlflow_uri, tmp_path):
+    """A resumed fit logs into the run it continues (run_id), keeping the original params."""
+    common = ["--config", DEMO, "--rich=false", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+              "--trainer.limit_test_batches=1", f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
+    main(["fit", *common, "--trainer.max_epochs=1"])
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    (ckpt,) = tmp_path.glob(f"outputs/*/{run.info.run_id}/checkpoints/last.ckpt")
+    main(["fit", *common, "--trainer.max_epochs=2", f"--ckpt_path={ckpt}",
+          f"--trainer.logger.init_args.run_id={run.info.run_id}"])
+    runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
+    assert [r.info.run_id for r in runs] == [run.info.run_id]
+    assert len(client.get_metric_history(run.info.run_id, "val/ndcg_10")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "config-resumed.yaml"} <= artifacts

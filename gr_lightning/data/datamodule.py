@@ -31,7 +31,8 @@ class RetrievalDataModule(L.LightningDataModule):
         pin_memory: Pin batch memory (only useful with CUDA and a ``pin_memory``-aware batch).
         verify_cache: Check the CRC-32 of every cached array when loading it.
         length_grouping: Group users of similar history length into batches and balance the estimated
-            attention cost across ranks (see :mod:`gr_lightning.data.sampling`); off: plain shuffled batches.
+            attention cost across ranks (see :mod:`gr_lightning.data.sampling`); off (the default, and the
+            setting of the published benchmark runs): plain shuffled batches.
         pool_steps: Training batches are length-sorted within pools of this many steps.
 
     """
@@ -48,7 +49,7 @@ class RetrievalDataModule(L.LightningDataModule):
         seed: int = 0,
         pin_memory: bool = False,
         verify_cache: bool = True,
-        length_grouping: bool = True,
+        length_grouping: bool = False,
         pool_steps: int = 50,
     ) -> None:
         super().__init__()

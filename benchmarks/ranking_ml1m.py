@@ -2,7 +2,9 @@
 
 Writes ``benchmarks/results/ranking_ml1m_half_<device>.json``. Usage::
 
-    python benchmarks/ranking_ml1m.py [--epochs N] [--accelerator cpu|gpu] [--tag cpu]
+    python benchmarks/ranking_ml1m.py [--epochs N] [--accelerator cpu|gpu] [--tag cpu] [CLI overrides ...]
+
+Extra arguments (e.g. ``--model.init_args.optimizer.init_args.lr=0.002``) go to both HSTU runs and are recorded.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def cli() -> None:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--cache", default=".cache/gr-lightning")
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()
     uri = f"sqlite:///{Path(args.cache).resolve() / 'ranking-bench.db'}"
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     dm = RankingDataModule(MovieLens1M(str(DATA), "ratings_users_1-2999.dat.gz", actions=True, contextual=True),
@@ -56,8 +58,10 @@ def cli() -> None:
         "data": "ml-1m-half (users 1-2999)", "config": "conf/ml-1m/ranking.yaml", "epochs": args.epochs,
         "accelerator": args.accelerator,
         "item_mean_rating_baseline": {"test/auc_like": round(baseline, 4)},
-        "hstu": run("hstu-ranking", [], args, uri),
-        "hstu_no_actions": run("hstu-ranking-no-actions", ["--model.init_args.use_actions=false"], args, uri),
+        "overrides": overrides,
+        "hstu": run("hstu-ranking", overrides, args, uri),
+        "hstu_no_actions": run("hstu-ranking-no-actions", [*overrides, "--model.init_args.use_actions=false"],
+                               args, uri),
     }
     result["margin_vs_baseline"] = round(result["hstu"]["test/auc_like"] - baseline, 4)
     no_actions = result["hstu_no_actions"]["test/auc_like"]

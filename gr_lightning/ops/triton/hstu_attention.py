@@ -31,6 +31,10 @@ _POISON: float | None = None
 _INTERPRET_FWD_BLOCKS: tuple[int, int] = (16, 16)
 _INTERPRET_BWD_BLOCKS: tuple[int, int] = (16, 16)
 
+#: Forward SiLU of bf16 inputs with one ``tanh.approx.bf16x2`` per two elements (benchmarks turn it
+#: off to compare against one ``tanh.approx.f32`` per element).
+_PACKED_SILU: bool = True
+
 #: Benchmarks set this to ``{"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages": ..}`` to skip
 #: autotuning (e.g. for correctness checks on odd shapes); None autotunes on GPU.
 _FIXED_CONFIG: dict | None = None
@@ -51,8 +55,19 @@ def _next_pow2(x: int) -> int:
 
 @triton.jit
 def _sigmoid(s, FAST: tl.constexpr):
-    """``sigmoid(s)``; FAST uses one ``tanh.approx`` (one MUFU op instead of ex2 + rcp)."""
-    if FAST:
+    """``sigmoid(s) = 0.5 * tanh(s / 2) + 0.5`` in the precision ``FAST`` selects.
+
+    0: libdevice (ex2 + rcp, exact to fp32); 1: one ``tanh.approx.f32`` per element (one MUFU op);
+    2: ``tanh.approx.bf16x2``, one MUFU op per *two* elements. Mode 2 is for bf16 inputs, whose
+    attention weights are rounded to bf16 before the ``A @ V`` product anyway.
+    """
+    if FAST == 2:
+        t = tl.inline_asm_elementwise(
+            "tanh.approx.bf16x2 $0, $1;", "=r,r", [(s * 0.5).to(tl.bfloat16)], dtype=tl.bfloat16,
+            is_pure=True, pack=2,
+        )
+        return 0.5 * t.to(tl.float32) + 0.5
+    elif FAST == 1:
         t = tl.inline_asm_elementwise(
             "tanh.approx.f32 $0, $1;", "=r,r", [s * 0.5], dtype=tl.float32, is_pure=True, pack=1
         )
@@ -276,8 +291,8 @@ def _hstu_fwd_kernel(
 
 
 @triton.jit
-def _bwd_tile(dk, dv, k, v, Q, DO, DQ, NextTs, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, offs_n, start_n,
-              start_m,
+def _bwd_tile(dk, dv, k, v, Q, DO, DQ, NextTs, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, ts_k_next, offs_n,
+              start_n, start_m,
               seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn,
               alpha, inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
               D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
@@ -322,13 +337,35 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, NextTs, ts_base, PosBias, TimeBias, DPos,
     if GRAD_POS:
         _pos_grad(DPos, ds, pos_idx, ok, start_m, start_n, scale_len, BLOCK_M, BLOCK_N)
     if GRAD_TIME:
-        # Reduce the tile per bucket first: a tile spans few buckets, and one scalar atomic per bucket
-        # replaces BLOCK_M * BLOCK_N atomics on a handful of hot addresses.
-        b_lo = tl.min(tl.where(ok, time_idx, num_buckets))
-        b_hi = tl.max(tl.where(ok, time_idx, 0))
-        for bkt in range(b_lo, b_hi + 1):
-            tl.atomic_add(DTime + bkt, tl.sum(tl.where(time_idx == bkt, ds, 0.0)), sem="relaxed")
+        if MASKED:
+            ok_next = _allowed(i, j + 1, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT,
+                               HAS_WINDOW)
+        else:
+            ok_next = row_ok[None, :] & (offs_n[:, None] + 1 < seq_len)
+        _time_grad(DTime, ds, time_idx, ok, next_ts, ts_k_next, ok_next, num_buckets, FAST_LOG, BLOCK_N)
     return dk, dv
+
+
+@triton.jit
+def _time_grad(DTime, ds, time_idx, ok, next_ts, ts_k_next, ok_next, num_buckets, FAST_LOG: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """Add the tile's ``dS^T`` (``(BLOCK_N, BLOCK_M)``, zero where masked) to the temporal-table gradient.
+
+    Along the key axis a query's bucket changes only where the time gap crosses a bucket boundary, so
+    each column is a few runs of equal bucket. With ``P`` the column prefix sums of ``dS^T``, a run
+    ``[s, e]`` sums to ``P[e] - P[s - 1]``: add ``P`` at each run end to its bucket and subtract it from
+    the next run's bucket. This telescopes for any labels (exact whatever the event order); with
+    time-ordered events it takes a few atomics per column instead of one per element. Masked pairs get
+    the label -1 and no atomics, so a bucket that no allowed pair falls in receives exactly zero.
+    """
+    prefix = tl.cumsum(ds, axis=0)  # (BLOCK_N, BLOCK_M)
+    last = (tl.arange(0, BLOCK_N) == BLOCK_N - 1)[:, None]
+    label = tl.where(ok, time_idx, -1)
+    next_idx = _time_index(next_ts[None, :], ts_k_next[:, None], num_buckets, FAST_LOG)  # key n + 1
+    next_label = tl.where(ok_next & ~last, next_idx, -1)
+    end = (label != next_label) | last
+    tl.atomic_add(DTime + label, prefix, mask=end & (label >= 0), sem="relaxed")
+    tl.atomic_add(DTime + next_label, -prefix, mask=end & (next_label >= 0), sem="relaxed")
 
 
 @triton.jit
@@ -392,10 +429,12 @@ def _hstu_bwd_kernel(
     v = tl.load(V + h * stride_vh + k_rows[:, None] * stride_vn + offs_dv[None, :],
                 mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V), other=0.0)
     ts_k = tl.zeros([BLOCK_N], dtype=tl.int32)
+    ts_k_next = ts_k
     ts_base = 0
     if HAS_TIME:
         ts_base = tl.load(Ts + seq_start)
         ts_k = _load_ts(Ts, seq_start, offs_n, seq_len, ts_base, REL_TS)
+        ts_k_next = _load_ts(Ts, seq_start, offs_n + 1, seq_len, ts_base, REL_TS)  # for run boundaries
     Qh = Q + h * stride_qh
     DOh = DO + h * stride_doh
     DQh = DQ + h * stride_dqh
@@ -426,14 +465,14 @@ def _hstu_bwd_kernel(
             ctx_hi = tl.minimum(tl.cdiv(num_contextual, BLOCK_M) * BLOCK_M, m_lo)
             for start_m in range(0, ctx_hi, BLOCK_M):
                 dk, dv = _bwd_tile(
-                    dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, offs_n,
-                    start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
+                    dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, ts_k_next,
+                    offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
                     inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
                     BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS,
                     GRAD_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
     for start_m in range(m_lo, m_diag, BLOCK_M):
         dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
-                           ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
+                           ts_k, ts_k_next, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
                            stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                            num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
                            HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
@@ -444,7 +483,7 @@ def _hstu_bwd_kernel(
     if below_masked:
         for start_m in range(m_diag, m_hi, BLOCK_M):
             dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
-                               ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
+                               ts_k, ts_k_next, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
                                stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
                                HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
@@ -452,7 +491,7 @@ def _hstu_bwd_kernel(
     else:
         for start_m in range(m_diag, m_hi, BLOCK_M):
             dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
-                               ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
+                               ts_k, ts_k_next, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
                                stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, False, HAS_TARGETS,
                                HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
@@ -460,7 +499,7 @@ def _hstu_bwd_kernel(
     if HAS_WINDOW:
         for start_m in range(m_cand, seq_len, BLOCK_M):
             dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
-                               ts_k, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
+                               ts_k, ts_k_next, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
                                stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
                                HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
@@ -479,15 +518,30 @@ def _hstu_bwd_kernel(
 
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 4)]
+    for bm, bn, w, s in [(128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 4),
+                         (64, 32, 4, 2), (32, 32, 4, 2)]
 ]
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2)]
+    for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2), (32, 64, 4, 2),
+                         (32, 32, 4, 2)]
 ]
+#: Sequences up to this bucket get small tiles only: fewer compiles, and no 128-row tile mostly padding.
+_SHORT_BUCKET = 256
+
+
+def _prune_by_length(configs: list, named_args: dict, **kwargs) -> list:
+    """Tiles of at most 64 rows and columns for short length buckets, at least 64 for long ones."""
+    if named_args["MAX_LEN_BUCKET"] <= _SHORT_BUCKET:
+        return [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64]
+    return [c for c in configs if min(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= 64]
+
+
 _KEY = ["MAX_LEN_BUCKET", "D_QK", "D_V", "HAS_TARGETS", "HAS_CONTEXT", "HAS_WINDOW", "HAS_POS", "HAS_TIME"]
-_fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY)(_hstu_fwd_kernel)
+_fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY,
+                             prune_configs_by={"early_config_prune": _prune_by_length})(_hstu_fwd_kernel)
 _bwd_tuned = triton.autotune(configs=_BWD_CONFIGS, key=[*_KEY, "GRAD_POS", "GRAD_TIME"],
+                             prune_configs_by={"early_config_prune": _prune_by_length},
                              reset_to_zero=["DQ", "DPos", "DTime"])(_hstu_bwd_kernel)
 
 
@@ -507,6 +561,15 @@ def _rel_ts_dtype(timestamps: Tensor | None):
     if timestamps is None or not timestamps.dtype.is_floating_point:
         return tl.int32
     return tl.float32
+
+
+def _silu_mode(dtype: torch.dtype) -> int:
+    """The forward's sigmoid (see ``_sigmoid``): exact for fp32 and the interpreter, else ``tanh.approx``."""
+    if dtype == torch.float32 or _interpreting():
+        return 0
+    if _PACKED_SILU and dtype == torch.bfloat16:
+        return 2
+    return 1
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -558,7 +621,7 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
     ]
     meta = dict(
         D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)), **flags,
-        FAST=(q.dtype != torch.float32 and not _interpreting()), PREC=_dot_precision(q.dtype),
+        FAST=_silu_mode(q.dtype), PREC=_dot_precision(q.dtype),
         UPCAST=(q.dtype == torch.bfloat16 and _interpreting()), FAST_LOG=not _interpreting(),
         REL_TS=_rel_ts_dtype(timestamps),
     )

@@ -104,6 +104,15 @@ def test_temporal_bias():
     _run_both(_case(6, [19, 0, 14], time=True))
 
 
+def test_temporal_bias_with_events_out_of_time_order():
+    # The backward reduces the time-table gradient over runs of equal bucket; shuffled times make
+    # many short runs (and negative gaps), which must still sum exactly.
+    case = _case(12, [20, 17, 9], targets=[3, 0, 2], pos=True, time=True)
+    case["timestamps"] = case["timestamps"][torch.randperm(case["timestamps"].numel(),
+                                                           generator=torch.Generator().manual_seed(5))]
+    _run_both(case, num_contextual=1)
+
+
 def test_all_masks_and_biases():
     _run_both(_case(7, [20, 18, 6], targets=[4, 2, 6], pos=True, time=True), num_contextual=2, window=6)
 

@@ -251,9 +251,8 @@ def user_history_and_top_k(
     was_training = model.training
     model.eval()
     try:
-        predicted = model.predict_step(batch_in, 0)
-        model_k = int(predicted["items"].shape[1])
-        if model_k < k:  # predict_top_k smaller than asked: rank again with a larger cut-off
+        predicted = model.predict_step(batch_in, 0)  # columns, one row per recommendation of this one user
+        if model.predict_top_k < k:  # predict_top_k smaller than asked: rank again with a larger cut-off
             saved, model.predict_top_k = model.predict_top_k, k
             try:
                 predicted = model.predict_step(batch_in, 0)
@@ -270,12 +269,12 @@ def user_history_and_top_k(
             "timestamp": pd.to_datetime(batch.timestamps.cpu().numpy(), unit="s"),
         }
     )
-    top_items = predicted["items"][0, :k].cpu().numpy()
+    top_items = predicted["item_id"][:k].cpu().numpy()
     top = pd.DataFrame(
         {
             "rank": np.arange(1, top_items.size + 1),
             "item_id": raw_items[top_items],
-            "score": predicted["scores"][0, :k].float().cpu().numpy(),
+            "score": predicted["score"][:k].float().cpu().numpy(),
         }
     )
     if titles is not None:

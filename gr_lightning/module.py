@@ -15,8 +15,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from gr_lightning.batch import JaggedBatch
-from gr_lightning.metrics import DEFAULT_HR_KS, DEFAULT_NDCG_KS, RetrievalMetrics, mask_history, target_ranks
+from gr_lightning.metrics import DEFAULT_HR_KS, DEFAULT_NDCG_KS, RetrievalMetrics, target_ranks
 from gr_lightning.nn import PositionalInputEncoder, SampledSoftmaxLoss, next_item_pairs
+from gr_lightning.retrieval_topk import chunked_top_k
 from gr_lightning.zoo import Backbone
 
 BackboneFactory = Callable[[int, int], Backbone]
@@ -50,6 +51,8 @@ class GRModule(L.LightningModule):
 
     #: Items returned per user by ``predict``; set by :class:`~gr_lightning.prediction.PredictionWriter`.
     predict_top_k: int = 100
+    #: Catalogue items scored at a time by ``predict`` (memory ``O(B x chunk)``); set by the PredictionWriter.
+    predict_chunk_size: int = 65536
 
     def __init__(
         self,
@@ -148,16 +151,25 @@ class GRModule(L.LightningModule):
         self.test_metrics.reset()
 
     def predict_step(self, batch: JaggedBatch, batch_idx: int) -> dict[str, Tensor]:
-        """Top-K items per user (history filtered as configured) with their scores."""
-        scores = self.score_catalogue(batch).float()
-        if self.filter_history:
-            mask_history(scores, batch.items, batch.offsets)
-        else:
-            scores[:, 0] = float("-inf")
-        k = min(self.predict_top_k, scores.shape[1] - 1)
-        top = scores.topk(k, dim=1)
-        users = batch.users if batch.users is not None else torch.arange(batch.batch_size)
-        return {"users": users, "items": top.indices, "scores": top.values}
+        """Top-K items per user (history filtered as configured), the catalogue scored in chunks.
+
+        Returns:
+            Columns of one row per recommendation, users in batch order, best first: ``user_id`` (dense
+            user index; the batch row when the batch has no users), ``rank`` (1-based), ``item_id`` (dense)
+            and ``score`` (cosine, float32). Equal scores rank the lower item id first. A user with fewer
+            than K items left after history filtering gets fewer rows.
+
+        """
+        query = self.encode(batch)[batch.last_index()]  # (B, D)
+        exclude, exclude_offsets = (batch.items, batch.offsets) if self.filter_history else (None, None)
+        k = min(self.predict_top_k, self.item_embedding.num_embeddings - 1)
+        scores, items = chunked_top_k(query.float(), self.item_table().float(), k, self.predict_chunk_size,
+                                      exclude=exclude, exclude_offsets=exclude_offsets)  # (B, K) each
+        keep = torch.isfinite(scores)  # (B, K) history items only fill rows that ran out of items
+        users = batch.users if batch.users is not None else torch.arange(batch.batch_size, device=scores.device)
+        ranks = torch.arange(1, k + 1, dtype=torch.int32, device=scores.device).expand_as(scores)  # (B, K)
+        return {"user_id": users.unsqueeze(1).expand_as(items)[keep], "rank": ranks[keep],
+                "item_id": items[keep], "score": scores[keep]}
 
     def configure_optimizers(self):  # noqa: D102 (Lightning's contract)
         optimizer = self.optimizer_factory(self.parameters())

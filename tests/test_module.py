@@ -22,14 +22,16 @@ def _model(**kwargs) -> GRModule:
 
 def test_predict_top_k_equals_brute_force_with_history_filtered():
     model = _model()
-    model.predict_top_k = 5
+    model.predict_top_k, model.predict_chunk_size = 5, 7  # chunks that do not divide the 40 items
     batch = JaggedBatch.from_sequences([[1, 2, 3], [7], [4, 4, 9, 10]])
     out = model.predict_step(batch, 0)
     scores = model.score_catalogue(batch)
+    assert out["user_id"].tolist() == [0] * 5 + [1] * 5 + [2] * 5  # the batch row: this batch has no users
+    assert out["rank"].tolist() == [1, 2, 3, 4, 5] * 3
     for b, history in enumerate([[1, 2, 3], [7], [4, 9, 10]]):
         ranked = [i for i in scores[b].argsort(descending=True).tolist() if i != 0 and i not in history][:5]
-        assert out["items"][b].tolist() == ranked
-        torch.testing.assert_close(out["scores"][b], scores[b, ranked])
+        assert out["item_id"][5 * b : 5 * b + 5].tolist() == ranked
+        torch.testing.assert_close(out["score"][5 * b : 5 * b + 5], scores[b, ranked])
 
 
 def test_validation_ranks_come_from_full_catalogue_scores():

@@ -354,6 +354,14 @@ class RankingDataModule(L.LightningDataModule):
             self._users = keep
         return self._users
 
+    def item_raw_ids(self) -> np.ndarray:
+        """``(num_items+1,)`` raw id of each dense item id (``-1`` at 0), to map predictions back."""
+        return np.asarray(self.store.item_ids)
+
+    def user_raw_ids(self) -> np.ndarray:
+        """``(num_users,)`` raw id of each dense user index."""
+        return np.asarray(self.store.user_ids)
+
     def split(self, stage: str) -> RankingSplit:
         """Rows of ``stage`` (``train``, ``val`` or ``test``)."""
         if stage not in self._splits:
@@ -371,14 +379,14 @@ class RankingDataModule(L.LightningDataModule):
         for name in RANKING_STAGES:
             self.split(name)
 
-    def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, stage: str, batch_size: int, shuffle: bool, group_lengths: bool = True) -> DataLoader:
         split = self.split(stage)
         rank, world_size = 0, 1
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             rank, world_size = trainer.global_rank, trainer.world_size
         sampler = BatchSampler(len(split), batch_size, shuffle=shuffle, seed=self.seed, rank=rank,
-                               world_size=world_size, lengths=split.lengths())
+                               world_size=world_size, lengths=split.lengths() if group_lengths else None)
         return DataLoader(RankingSplitDataset(self.store, split), batch_size=None, sampler=sampler,
                           collate_fn=passthrough, num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
@@ -394,6 +402,14 @@ class RankingDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """Test examples."""
         return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test examples (each user's last ``K`` events as candidates, with their labels) in user order.
+
+        Unlike evaluation, batches are not grouped by history length, so predictions come out in the order
+        of the users (per rank, an ordered subsequence of them, when several processes predict).
+        """
+        return self._loader("test", self.eval_batch_size, shuffle=False, group_lengths=False)
 
 
 class _WithoutContexts(SequenceStore):

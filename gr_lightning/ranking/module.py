@@ -210,11 +210,28 @@ class RankingModule(L.LightningModule):
         self._log_epoch("test", self.test_metrics)
 
     def predict_step(self, batch: RankingBatch, batch_idx: int) -> dict[str, Tensor]:
-        """Per candidate: probability (binary) or value (regression) of every task."""
-        predictions = self(batch).float()
-        predictions = torch.where(self.is_binary, torch.sigmoid(predictions), predictions)
-        return {"users": batch.users, "candidates": batch.candidates, "candidate_offsets": batch.candidate_offsets,
-                "predictions": predictions}
+        """Every task's prediction for every (user, candidate) pair of the batch.
+
+        Returns:
+            Columns of one row per candidate, users in batch order and each user's candidates in their
+            order: ``user_id`` (dense user index; the batch row when the batch has no users), ``item_id``
+            (dense), ``timestamp`` (the candidate event's, seconds), then per task ``score_<task>`` (the
+            probability for a binary task, the predicted value for a regression task) and, when the batch
+            carries labels, ``label_<task>`` (that task's label of the action actually taken, for offline
+            analysis such as calibration or per-segment AUC).
+
+        """
+        out, layout = self.encode(batch)
+        predictions = self.head(out[layout.candidate_rows]).float()  # (sum_K, T)
+        predictions = torch.where(self.is_binary, torch.sigmoid(predictions), predictions)  # (sum_K, T)
+        users = batch.users if batch.users is not None else torch.arange(batch.batch_size, device=out.device)
+        columns = {"user_id": users.repeat_interleave(batch.num_candidates, output_size=batch.candidates.numel()),
+                   "item_id": batch.candidates, "timestamp": batch.candidate_timestamps}
+        columns.update({f"score_{task.name}": predictions[:, t] for t, task in enumerate(self.tasks)})
+        if batch.labels is not None:
+            labels = self.task_labels(batch.labels)  # (sum_K, T)
+            columns.update({f"label_{task.name}": labels[:, t] for t, task in enumerate(self.tasks)})
+        return columns
 
     def configure_optimizers(self):  # noqa: D102 (Lightning's contract)
         optimizer = self.optimizer_factory(self.parameters())

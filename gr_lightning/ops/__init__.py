@@ -44,6 +44,21 @@ def hstu_attention(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, max_len: in
     return _reference.hstu_attention(q, k, v, offsets, max_len, **kwargs)
 
 
+def cached_hstu_attention(q: Tensor, k: Tensor, v: Tensor, offsets: Tensor, max_len: int, k_cache: Tensor,
+                          v_cache: Tensor, cache_lengths: Tensor, *, kernel: str = "pytorch", **kwargs) -> Tensor:
+    """HSTU attention of new rows against a KV cache (forward only: inference).
+
+    See :func:`gr_lightning.ops.pytorch.cached_attention.cached_hstu_attention`.
+    """
+    if resolve_kernel(kernel, q.device) == "triton":
+        from gr_lightning.ops.triton.cached_attention import cached_hstu_attention as triton_cached
+
+        return triton_cached(q, k, v, offsets, max_len, k_cache, v_cache, cache_lengths, **kwargs)
+    from gr_lightning.ops.pytorch.cached_attention import cached_hstu_attention as reference_cached
+
+    return reference_cached(q, k, v, offsets, max_len, k_cache, v_cache, cache_lengths, **kwargs)
+
+
 def norm_mul_dropout(attn: Tensor, u: Tensor, eps: float, dropout: float, training: bool,
                      kernel: str = "pytorch") -> Tensor:
     """``Dropout(U * LayerNorm(attn))`` over the concatenated heads (Eq. 3, before the output projection).
@@ -69,6 +84,7 @@ __all__ = [
     "HAS_FBGEMM",
     "KERNELS",
     "Kernel",
+    "cached_hstu_attention",
     "hstu_attention",
     "jagged_to_padded",
     "norm_mul_dropout",

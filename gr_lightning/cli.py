@@ -1,4 +1,4 @@
-"""The ``gr-lightning`` command: LightningCLI for fit/validate/test/predict, plus ``zoo``.
+"""The ``gr-lightning`` command: LightningCLI for fit/validate/test/predict, plus ``zoo`` and ``export-embeddings``.
 
 ``gr-lightning fit --config conf/demo.yaml`` trains, validates every epoch, keeps the checkpoint with
 the best validation NDCG@10 and then tests that checkpoint, all in one MLflow run.
@@ -94,6 +94,24 @@ def print_zoo(console: Console | None = None) -> None:
     (console or Console()).print(table)
 
 
+def build_cli(args: list[str] | None, run: bool = True) -> GRLightningCLI:
+    """The LightningCLI of ``gr-lightning``; ``run=False`` only builds the model, data and trainer from ``args``."""
+    registry()  # import every plugin so YAML can name backbones by class name
+    return GRLightningCLI(
+        LightningModule,  # GRModule (retrieval) or RankingModule (ranking), by class_path
+        subclass_mode_model=True,
+        save_config_callback=MLflowConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf",
+                       "epilog": "Also: 'gr-lightning zoo' lists the registered backbones; 'gr-lightning "
+                                 "export-embeddings' writes item embeddings for an ANN index."},
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``gr-lightning`` console script."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -102,18 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["zoo"]:
         print_zoo()
         return
-    registry()  # import every plugin so YAML can name backbones by class name
-    GRLightningCLI(
-        LightningModule,  # GRModule (retrieval) or RankingModule (ranking), by class_path
-        subclass_mode_model=True,
-        save_config_callback=MLflowConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf",
-                       "epilog": "Also: 'gr-lightning zoo' lists the registered backbones."},
-        subclass_mode_data=True,
-        args=None if argv is None else args,
-        auto_configure_optimizers=False,
-    )
+    if args[:1] == ["export-embeddings"]:
+        from gr_lightning.export import main as export_main
+
+        export_main(args[1:])
+        return
+    build_cli(None if argv is None else args)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@
   and renames it into place, so a process killed mid-write (SIGKILL, OOM, pre-emption) leaves either the
   previous complete file or the new complete file, never a truncated one.
 * :class:`RNGStateCheckpoint` stores the torch (CPU and CUDA), numpy and Python RNG states of every rank in
-  the checkpoint and restores them when training resumes. Lightning's own checkpoints hold none of them,
-  so without it a resumed run draws different negatives and dropout masks than an uninterrupted one.
+  the checkpoint and restores them when training resumes, together with the private streams of the model's
+  submodules (any module with ``rng_state()`` and ``load_rng_state(state)`` methods, such as the
+  per-rank negative sampler of :class:`~gr_lightning.nn.SampledSoftmaxLoss`). Lightning's own checkpoints
+  hold none of them, so without it a resumed run draws different negatives and dropout masks than an
+  uninterrupted one.
 
 Together with :class:`~gr_lightning.data.sampling.ResumableDataLoader` (the position in the epoch), a run
 killed mid-epoch and resumed with ``--ckpt_path last`` ends bitwise equal to an uninterrupted run on CPU.
@@ -28,6 +31,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -113,23 +117,45 @@ def set_rng_states(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def module_rng_states(model: nn.Module) -> dict[str, Any]:
+    """``rng_state()`` of every submodule of ``model`` that has one, by qualified module name."""
+    return {name: module.rng_state() for name, module in model.named_modules()
+            if callable(getattr(module, "rng_state", None)) and callable(getattr(module, "load_rng_state", None))}
+
+
+def load_module_rng_states(model: nn.Module, states: dict[str, Any]) -> None:
+    """Give each submodule named in ``states`` its saved stream back (names that no longer exist are an error)."""
+    modules = dict(model.named_modules())
+    missing = sorted(set(states) - set(modules))
+    if missing:
+        raise KeyError(f"the checkpoint has random streams for modules the model lacks: {', '.join(missing)}")
+    for name, state in states.items():
+        modules[name].load_rng_state(state)
+
+
 class RNGStateCheckpoint(Callback):
     """Save every rank's RNG states in checkpoints; restore them when training resumes from one.
 
     Saving gathers the states of all ranks (Lightning builds checkpoints on every rank), so each rank
-    resumes its own stream (negative sampling draws as many numbers as the rank has tokens, so ranks'
-    streams differ). The states are applied at ``on_train_start``, after the sanity check and dataloader
-    setup, right before the first resumed training step. A checkpoint saved with another world size
-    restores rank ``r``'s state from saved rank ``r % saved_world_size`` (not exact, but deterministic).
+    resumes its own streams: the global ones and the model's private ones (see :func:`module_rng_states`).
+    The states are applied at ``on_train_start``, after the sanity check and dataloader setup, right
+    before the first resumed training step. A checkpoint saved with another world size restores rank
+    ``r``'s state from saved rank ``r % saved_world_size`` (not exact, but deterministic).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._pending: list[dict[str, Any]] | None = None
+        self._model: nn.Module | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Remember the model whose private streams are saved with the global ones."""
+        self._model = pl_module
 
     def state_dict(self) -> dict[str, Any]:
         """States of every rank, ordered by rank."""
         mine = rng_states()
+        mine["modules"] = module_rng_states(self._model) if self._model is not None else {}
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, mine)
@@ -144,5 +170,8 @@ class RNGStateCheckpoint(Callback):
         """Apply the restored states of this rank."""
         if not self._pending:
             return
-        set_rng_states(self._pending[trainer.global_rank % len(self._pending)])
+        state = self._pending[trainer.global_rank % len(self._pending)]
+        set_rng_states(state)
+        if state.get("modules"):
+            load_module_rng_states(pl_module, state["modules"])
         self._pending = None

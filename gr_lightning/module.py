@@ -7,6 +7,7 @@ scores the last position of each held-out history against the whole catalogue (H
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
@@ -15,6 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from gr_lightning.batch import JaggedBatch
+from gr_lightning.compilation import compile_backbone_blocks
 from gr_lightning.metrics import DEFAULT_HR_KS, DEFAULT_NDCG_KS, RetrievalMetrics, target_ranks
 from gr_lightning.nn import PositionalInputEncoder, SampledSoftmaxLoss, next_item_pairs
 from gr_lightning.retrieval_topk import chunked_top_k
@@ -46,6 +48,10 @@ class GRModule(L.LightningModule):
         ndcg_ks: NDCG cut-offs.
         optimizer: Optimizer factory (AdamW per the paper by default).
         lr_scheduler: Optional scheduler factory.
+        compile_backbone: ``torch.compile`` each backbone block (dynamic shapes: one graph for every batch
+            length; see :mod:`gr_lightning.compilation`), applied in ``configure_model`` so FSDP wraps the
+            compiled blocks.
+        compile_options: Extra ``torch.compile`` arguments, e.g. ``{"mode": "max-autotune-no-cudagraphs"}``.
 
     """
 
@@ -69,6 +75,8 @@ class GRModule(L.LightningModule):
         ndcg_ks: tuple[int, ...] = DEFAULT_NDCG_KS,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
+        compile_backbone: bool = False,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if num_items < 1:
@@ -88,6 +96,7 @@ class GRModule(L.LightningModule):
         self.filter_history = filter_history
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        self.compile_backbone, self.compile_options = compile_backbone, compile_options
         self.val_metrics = RetrievalMetrics(hr_ks, ndcg_ks)
         self.test_metrics = RetrievalMetrics(hr_ks, ndcg_ks)
 
@@ -111,11 +120,18 @@ class GRModule(L.LightningModule):
     # --- Lightning hooks ---------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Take the training item frequencies from the DataModule for the logQ correction."""
+        """Seed this rank's negative-sampling stream; take the training item frequencies for the logQ correction."""
+        # Every rank has the same global seed; the stream mixes in the rank, so ranks draw different negatives.
+        self.loss_fn.seed_stream(torch.initial_seed(), self.global_rank)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.loss_fn.in_batch_negatives and datamodule is not None and hasattr(datamodule, "item_counts"):
             counts = torch.as_tensor(datamodule.item_counts(), dtype=torch.float64).clamp(min=1.0)
             self.item_log_q.copy_(torch.log(counts / counts.sum()).to(self.item_log_q.dtype))
+
+    def configure_model(self) -> None:
+        """Compile the backbone's blocks when asked (idempotent; Lightning calls this before FSDP wrapping)."""
+        if self.compile_backbone:
+            compile_backbone_blocks(self.backbone, self.compile_options)
 
     def training_step(self, batch: JaggedBatch, batch_idx: int) -> Tensor:
         """Sampled-softmax loss over every position that has a next item."""

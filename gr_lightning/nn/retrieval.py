@@ -4,12 +4,21 @@ Every position predicts the next item of its own sequence. Logits are cosine sim
 temperature; negatives are drawn uniformly from the catalogue for each position and, optionally, from
 the batch's positives with a logQ correction (Yi et al. 2019) for their popularity-biased proposal. A
 negative equal to the positive (an accidental hit) is masked out.
+
+Negatives come from the loss's own random stream once :meth:`SampledSoftmaxLoss.seed_stream` was called
+(``GRModule`` does so with the global seed and the rank, so every data-parallel rank draws its own
+negatives, and dropout or other consumers of the global RNG do not shift them). Its state is part of the
+exact-resume checkpoint (:meth:`~SampledSoftmaxLoss.rng_state`, saved per rank by
+:class:`~gr_lightning.checkpointing.RNGStateCheckpoint`). Without a stream the global torch RNG is used.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,6 +42,13 @@ def next_item_pairs(items: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
     has_next = rows + 1 < offsets[1:][seq]
     rows = rows[has_next]
     return rows, items[rows + 1]
+
+
+def stream_seed(seed: int, rank: int) -> int:
+    """A 63-bit seed for rank ``rank`` of a run seeded with ``seed`` (numpy's SeedSequence mixes the two)."""
+    if rank < 0:
+        raise ValueError(f"rank must be >= 0, got {rank}")
+    return int(np.random.SeedSequence([int(seed) % 2**64, int(rank)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _row_dot(queries: Tensor, candidates: Tensor) -> Tensor:
@@ -59,6 +75,50 @@ class SampledSoftmaxLoss(nn.Module):
         self.num_negatives = num_negatives
         self.temperature = temperature
         self.in_batch_negatives = in_batch_negatives
+        self._seed: int | None = None  # of this rank's stream; None: the global RNG
+        self._generator: torch.Generator | None = None  # created on the device of the first batch
+        self._pending: dict[str, Any] | None = None  # a restored state waiting for its generator
+
+    # --- the negative-sampling stream ----------------------------------------------------------------
+
+    def seed_stream(self, seed: int, rank: int = 0) -> None:
+        """Draw negatives from a stream of their own, seeded from the run's ``seed`` and this process's ``rank``."""
+        self._seed, self._generator, self._pending = stream_seed(seed, rank), None, None
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The stream's generator on ``device`` (created, or restored from a checkpoint, on first use)."""
+        if self._seed is None:
+            return None
+        if self._generator is None or self._generator.device != device:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self._seed)
+            pending, self._pending = self._pending, None
+            if pending is not None and pending["device_type"] == device.type:
+                generator.set_state(pending["state"])
+            elif pending is not None:
+                warnings.warn(f"negative-sampling stream saved on {pending['device_type']} cannot continue on "
+                              f"{device.type}; it restarts from its seed (the resume is not exact)", stacklevel=2)
+            self._generator = generator
+        return self._generator
+
+    def rng_state(self) -> dict[str, Any] | None:
+        """The stream's seed and generator state (tensors and scalars only), or None without a stream."""
+        if self._seed is None:
+            return None
+        if self._generator is None:
+            return {"seed": self._seed, **(self._pending or {"device_type": None, "state": None})}
+        return {"seed": self._seed, "device_type": self._generator.device.type, "state": self._generator.get_state()}
+
+    def load_rng_state(self, state: dict[str, Any] | None) -> None:
+        """Continue the stream of :meth:`rng_state` (applied when the generator is next created)."""
+        if state is None:
+            self._seed, self._generator, self._pending = None, None, None
+            return
+        self._seed, self._generator = int(state["seed"]), None
+        self._pending = None if state["state"] is None else {"device_type": state["device_type"],
+                                                              "state": state["state"]}
+
+    # --- the loss ------------------------------------------------------------------------------------
 
     def forward(self, queries: Tensor, positives: Tensor, item_table: Tensor, item_log_q: Tensor | None = None
                 ) -> Tensor:
@@ -76,15 +136,17 @@ class SampledSoftmaxLoss(nn.Module):
         # F.embedding rather than item_table[ids]: its CUDA backward reduces duplicate ids in parallel.
         pos_logit = (queries * F.embedding(positives, item_table)).sum(-1, keepdim=True)  # (P, 1)
         parts, ids = [pos_logit], [positives.unsqueeze(1)]
+        generator = self.generator(queries.device)
         if self.num_negatives:
-            neg = torch.randint(1, num_items + 1, (queries.shape[0], self.num_negatives), device=queries.device)
+            neg = torch.randint(1, num_items + 1, (queries.shape[0], self.num_negatives), device=queries.device,
+                                generator=generator)  # (P, K)
             parts.append(_row_dot(queries, F.embedding(neg, item_table)))  # (P, K)
             ids.append(neg)
         if self.in_batch_negatives:
             if item_log_q is None:
                 raise ValueError("in-batch negatives need item_log_q for the logQ correction")
             pick = torch.randint(0, positives.numel(), (queries.shape[0], self.in_batch_negatives),
-                                 device=queries.device)
+                                 device=queries.device, generator=generator)  # (P, K_b)
             neg = positives[pick]  # (P, K_b): popularity-proportional proposal
             logits = _row_dot(queries, F.embedding(neg, item_table))  # (P, K_b)
             # logQ: subtract each proposal's log-probability relative to the uniform proposal.

@@ -65,10 +65,12 @@ def jagged_to_padded(values: Tensor, offsets: Tensor, max_len: int, padding_valu
         return out.reshape(offsets.numel() - 1, max_len, *feature)  # (B, max_len, *feature)
     batch = offsets.numel() - 1
     seq, pos = seq_index(offsets, values.shape[0])
-    keep = pos < max_len
-    out = values.new_full((batch, max_len, *feature), padding_value)
-    out[seq[keep], pos[keep]] = values[keep]
-    return out
+    # Rows past max_len go to one spill row that is dropped: no boolean mask, so no data-dependent shape
+    # (torch.compile traces this in one graph instead of breaking at a nonzero).
+    flat = torch.where(pos < max_len, seq * max_len + pos, batch * max_len)  # (sum_N,)
+    out = values.new_full((batch * max_len + 1, *feature), padding_value)
+    out[flat] = values
+    return out[:-1].view(batch, max_len, *feature)  # (B, max_len, *feature)
 
 
 def padded_to_jagged(dense: Tensor, offsets: Tensor, total: int) -> Tensor:

@@ -68,3 +68,81 @@ def test_positional_encoder_scales_and_adds_positions():
     pos = enc.position.weight
     torch.testing.assert_close(out[:2], emb[:2] * 2 + pos[:2])
     torch.testing.assert_close(out[2:], emb[2:] * 2 + pos[:3])
+
+
+def _draws(loss_fn, n=64, num_items=1000):
+    """The uniform negatives ``loss_fn`` would draw next for ``n`` positions (its stream is cloned, not used)."""
+    gen = loss_fn.generator(torch.device("cpu"))
+    clone = torch.Generator().manual_seed(0)
+    clone.set_state(gen.get_state())
+    return torch.randint(1, num_items + 1, (n, loss_fn.num_negatives), generator=clone)
+
+
+def test_each_rank_has_its_own_reproducible_stream_independent_of_the_global_rng():
+    ranks = []
+    for rank in range(3):
+        loss_fn = SampledSoftmaxLoss(num_negatives=8)
+        loss_fn.seed_stream(42, rank)
+        ranks.append(_draws(loss_fn))
+    assert not torch.equal(ranks[0], ranks[1]) and not torch.equal(ranks[1], ranks[2])
+    assert (ranks[0] == ranks[1]).float().mean() < 0.01  # independent, not shifted copies
+
+    table, gen = _table(num_items=1000, dim=8)
+    queries = F.normalize(torch.randn(64, 8, generator=gen), dim=-1)
+    positives = torch.randint(1, 1001, (64,), generator=gen)
+    losses = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # the global RNG does not matter once the stream is seeded
+        loss_fn = SampledSoftmaxLoss(num_negatives=8)
+        loss_fn.seed_stream(42, 1)
+        losses.append(loss_fn(queries, positives, table))
+    assert torch.equal(losses[0], losses[1])
+    with pytest.raises(ValueError, match="rank"):
+        loss_fn.seed_stream(42, -1)
+
+
+def test_stream_state_survives_a_weights_only_checkpoint(tmp_path):
+    from gr_lightning.checkpointing import RNGStateCheckpoint, atomic_torch_save
+
+    table, gen = _table(num_items=500, dim=8)
+    queries = F.normalize(torch.randn(16, 8, generator=gen), dim=-1)
+    positives = torch.randint(1, 501, (16,), generator=gen)
+    model = torch.nn.Module()
+    model.loss_fn = SampledSoftmaxLoss(num_negatives=4, in_batch_negatives=2)
+    model.loss_fn.seed_stream(7, 0)
+    log_q = torch.log(torch.full((501,), 1 / 500))
+    model.loss_fn(queries, positives, table, log_q)  # advance the stream
+    callback = RNGStateCheckpoint()
+    callback.setup(None, model, "fit")
+    atomic_torch_save({"rng": callback.state_dict()}, tmp_path / "c.ckpt")
+    expected = [model.loss_fn(queries, positives, table, log_q) for _ in range(2)]
+
+    resumed = torch.nn.Module()
+    resumed.loss_fn = SampledSoftmaxLoss(num_negatives=4, in_batch_negatives=2)
+    resumed.loss_fn.seed_stream(7, 0)  # as setup() would: a fresh stream, then the checkpoint's state
+    restored = RNGStateCheckpoint()
+    restored.load_state_dict(torch.load(tmp_path / "c.ckpt")["rng"])  # weights_only=True, the default
+
+    class _Trainer:
+        global_rank = 0
+
+    restored.on_train_start(_Trainer(), resumed)
+    again = [resumed.loss_fn(queries, positives, table, log_q) for _ in range(2)]
+    assert torch.equal(torch.stack(expected), torch.stack(again))
+    assert not torch.equal(expected[0], expected[1])  # the stream moved on between the two calls
+
+    other = torch.nn.Module()
+    other.head = torch.nn.Linear(2, 2)
+    with pytest.raises(KeyError, match="loss_fn"):
+        restored.load_state_dict(torch.load(tmp_path / "c.ckpt")["rng"])
+        restored.on_train_start(_Trainer(), other)
+
+
+def test_a_stream_saved_on_another_device_type_restarts_from_its_seed_with_a_warning():
+    loss_fn = SampledSoftmaxLoss(num_negatives=8)
+    loss_fn.seed_stream(3, 1)
+    fresh = _draws(loss_fn)
+    loss_fn.load_rng_state({"seed": loss_fn.rng_state()["seed"], "device_type": "cuda",
+                            "state": torch.zeros(16, dtype=torch.uint8)})
+    with pytest.warns(UserWarning, match="not exact"):
+        assert torch.equal(_draws(loss_fn), fresh)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gr_lightning.ops.jagged import jagged_to_padded, padded_to_jagged
+from gr_lightning.ops.jagged import jagged_to_padded, padded_to_jagged, seq_index
 
 #: Width of one temporal bucket in log-seconds (Section 3.1 of the paper's reference code).
 TIME_BUCKET_WIDTH = 0.301
@@ -53,12 +53,12 @@ def next_timestamps(ts: Tensor, offsets: Tensor, query_times: Tensor | None = No
     """
     if ts.numel() == 0:
         return ts
-    nxt = torch.empty_like(ts)
-    nxt[:-1] = ts[1:]
-    has_rows = offsets[1:] > offsets[:-1]  # (B,)
-    last = (offsets[1:] - 1)[has_rows]  # last row of each non-empty sequence
-    nxt[last] = ts[last] if query_times is None else query_times[has_rows].to(ts.dtype)
-    return nxt
+    # Masks by torch.where, not boolean indexing: no data-dependent shapes, so torch.compile keeps one graph.
+    seq, _ = seq_index(offsets, ts.numel())  # (sum_N,)
+    is_last = torch.arange(ts.numel(), device=ts.device) + 1 == offsets[1:][seq]  # (sum_N,)
+    following = torch.cat([ts[1:], ts[-1:]])  # (sum_N,) the next row's time (the last row's own, unused)
+    fill = ts if query_times is None else query_times.to(ts.dtype)[seq]  # (sum_N,)
+    return torch.where(is_last, fill, following)
 
 
 def attention_mask(

@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = yaml.safe_load(Path(args.config).read_text())
-    model_cfg = dict(cfg["model"])
+    model_cfg = dict(cfg["model"].get("init_args", cfg["model"]))  # class_path + init_args, or flat
     bb = model_cfg.pop("backbone")
     model_cfg.pop("optimizer", None)
     cls = next(c for c in registry().values() if f"{c.__module__}.{c.__qualname__}" == bb["class_path"])

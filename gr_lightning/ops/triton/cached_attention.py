@@ -271,6 +271,7 @@ def cached_hstu_attention(
     timestamps: Tensor | None = None,
     cache_timestamps: Tensor | None = None,
     query_times: Tensor | None = None,
+    next_ts: Tensor | None = None,
 ) -> Tensor:
     """Fused cached HSTU attention; arguments as in the PyTorch reference (forward only).
 
@@ -291,6 +292,7 @@ def cached_hstu_attention(
         timestamps: ``(sum_M,)`` event times of the new rows; required with ``time_bias``.
         cache_timestamps: ``(B, C)`` event times of the cached rows; required with ``time_bias``.
         query_times: ``(B,)`` request time after each sequence's last new row.
+        next_ts: ``(sum_M,)`` precomputed ``next_timestamps(timestamps, offsets, query_times)``, or None.
 
     Returns:
         ``(sum_M, H, d_v)`` in the dtype of ``v``.
@@ -306,11 +308,11 @@ def cached_hstu_attention(
         return v.new_zeros(v.shape)
     q, k, v, k_cache, v_cache = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v, k_cache, v_cache))
     offsets, cache_lengths = offsets.contiguous(), cache_lengths.contiguous()
-    next_ts = ts = cache_ts = None
+    ts = cache_ts = None
     if time_bias is not None:
         ts = timestamps.contiguous()
         cache_ts = cache_timestamps if cache_timestamps.stride(-1) == 1 else cache_timestamps.contiguous()
-        next_ts = next_timestamps(ts, offsets, query_times).contiguous()  # (sum_M,)
+        next_ts = (next_timestamps(ts, offsets, query_times) if next_ts is None else next_ts).contiguous()  # (sum_M,)
     max_cached = k_cache.shape[1]
     split = _num_splits(q.device, batch * num_heads * triton.cdiv(max_len, 64), max_cached)
     if split == 1:

@@ -13,6 +13,7 @@ atomics. Semantics match :func:`gr_lightning.ops.pytorch.hstu_attention` exactly
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 import triton
@@ -30,10 +31,6 @@ _POISON: float | None = None
 #: Tests set this to ``(BLOCK_M, BLOCK_N)`` pairs to force the interpreter's tile shapes.
 _INTERPRET_FWD_BLOCKS: tuple[int, int] = (16, 16)
 _INTERPRET_BWD_BLOCKS: tuple[int, int] = (16, 16)
-
-#: Forward SiLU of bf16 inputs with one ``tanh.approx.bf16x2`` per two elements (benchmarks turn it
-#: off to compare against one ``tanh.approx.f32`` per element).
-_PACKED_SILU: bool = True
 
 #: Benchmarks set this to ``{"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages": ..}`` to skip
 #: autotuning (e.g. for correctness checks on odd shapes); None autotunes on GPU.
@@ -55,19 +52,12 @@ def _next_pow2(x: int) -> int:
 
 @triton.jit
 def _sigmoid(s, FAST: tl.constexpr):
-    """``sigmoid(s) = 0.5 * tanh(s / 2) + 0.5`` in the precision ``FAST`` selects.
+    """``sigmoid(s)``; FAST uses one ``tanh.approx`` (one MUFU op instead of ex2 + rcp).
 
-    0: libdevice (ex2 + rcp, exact to fp32); 1: one ``tanh.approx.f32`` per element (one MUFU op);
-    2: ``tanh.approx.bf16x2``, one MUFU op per *two* elements. Mode 2 is for bf16 inputs, whose
-    attention weights are rounded to bf16 before the ``A @ V`` product anyway.
+    (A packed ``tanh.approx.bf16x2``, one MUFU op per two elements, measured no faster on the H100 at
+    32x4096: the forward is not MUFU-bound. See benchmarks/NOTES-kernels.md.)
     """
-    if FAST == 2:
-        t = tl.inline_asm_elementwise(
-            "tanh.approx.bf16x2 $0, $1;", "=r,r", [(s * 0.5).to(tl.bfloat16)], dtype=tl.bfloat16,
-            is_pure=True, pack=2,
-        )
-        return 0.5 * t.to(tl.float32) + 0.5
-    elif FAST == 1:
+    if FAST:
         t = tl.inline_asm_elementwise(
             "tanh.approx.f32 $0, $1;", "=r,r", [s * 0.5], dtype=tl.float32, is_pure=True, pack=1
         )
@@ -405,12 +395,17 @@ def _hstu_bwd_kernel(
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GRAD_SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)  # key tile n sees ~(N - n) query tiles: natural order is longest first
     b = pid_bh // H
     h = pid_bh % H
+    # Bias-table gradients go to one of GRAD_SLOTS private copies (summed by the wrapper): thousands of
+    # programs adding into the same few table rows at once serialise in L2 (measured 3-10x slower).
+    slot = (pid_bh * tl.num_programs(1) + pid_n) % GRAD_SLOTS
+    DPos += slot * (2 * scale_len - 1)
+    DTime += slot * (num_buckets + 1)
     seq_start = tl.load(Offsets + b)
     seq_len = (tl.load(Offsets + b + 1) - seq_start).to(tl.int32)
     start_n = pid_n * BLOCK_N
@@ -519,29 +514,58 @@ def _hstu_bwd_kernel(
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [(128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 4),
-                         (64, 32, 4, 2), (32, 32, 4, 2)]
+                         (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)]
 ]
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2), (32, 64, 4, 2),
-                         (32, 32, 4, 2)]
+                         (64, 64, 8, 1), (32, 32, 4, 2)]
 ]
+#: Private copies of the bias-table gradients that the backward spreads its atomics over.
+_GRAD_SLOTS = 256
+
 #: Sequences up to this bucket get small tiles only: fewer compiles, and no 128-row tile mostly padding.
 _SHORT_BUCKET = 256
 
 
-def _prune_by_length(configs: list, named_args: dict, **kwargs) -> list:
-    """Tiles of at most 64 rows and columns for short length buckets, at least 64 for long ones."""
-    if named_args["MAX_LEN_BUCKET"] <= _SHORT_BUCKET:
-        return [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64]
-    return [c for c in configs if min(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= 64]
+#: Shared memory the tuner may plan for the operand tiles (the H100 allows 227 KB per block; the rest is
+#: left for Triton's layout-conversion scratch).
+_SMEM_BUDGET = 200 * 1024
+
+
+def _smem_estimate(config: triton.Config, d_qk: int, d_v: int, elem: int, backward: bool) -> int:
+    """Bytes of operand tiles: the resident tile plus ``num_stages - 1`` buffers of the streamed ones.
+
+    (Triton's rule as measured on the H100: the forward at 128x128, 3 stages, d=256 asked for exactly
+    ``(128 * 256 + 2 * 128 * 512) * 2`` bytes.)
+    """
+    bm, bn, buffers = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], max(config.num_stages - 1, 1)
+    if backward:  # resident K, V tile; streamed Q, dO tiles
+        return (bn * (d_qk + d_v) + buffers * bm * (d_qk + d_v)) * elem
+    return (bm * d_qk + buffers * bn * (d_qk + d_v)) * elem  # resident Q tile; streamed K, V tiles
+
+
+def _prune(configs: list, named_args: dict, backward: bool, **kwargs) -> list:
+    """Drop tile shapes that do not suit the length bucket or do not fit in shared memory.
+
+    Short buckets get tiles of at most 64 rows and columns, long ones at least 64; for wide heads
+    (d = 256) only the configurations within ``_SMEM_BUDGET`` stay (the smallest one if none fits).
+    """
+    short = named_args["MAX_LEN_BUCKET"] <= _SHORT_BUCKET
+    shaped = [c for c in configs if (max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64 if short
+                                     else min(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= 64)]
+    elem = named_args["Q"].element_size()
+    d_qk, d_v = kwargs["BLOCK_DQK"], kwargs["BLOCK_DV"]
+    fits = [c for c in shaped if _smem_estimate(c, d_qk, d_v, elem, backward) <= _SMEM_BUDGET]
+    return fits or [min(configs, key=lambda c: _smem_estimate(c, d_qk, d_v, elem, backward))]
 
 
 _KEY = ["MAX_LEN_BUCKET", "D_QK", "D_V", "HAS_TARGETS", "HAS_CONTEXT", "HAS_WINDOW", "HAS_POS", "HAS_TIME"]
 _fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY,
-                             prune_configs_by={"early_config_prune": _prune_by_length})(_hstu_fwd_kernel)
+                             prune_configs_by={"early_config_prune": partial(_prune, backward=False)}
+                             )(_hstu_fwd_kernel)
 _bwd_tuned = triton.autotune(configs=_BWD_CONFIGS, key=[*_KEY, "GRAD_POS", "GRAD_TIME"],
-                             prune_configs_by={"early_config_prune": _prune_by_length},
+                             prune_configs_by={"early_config_prune": partial(_prune, backward=True)},
                              reset_to_zero=["DQ", "DPos", "DTime"])(_hstu_bwd_kernel)
 
 
@@ -561,15 +585,6 @@ def _rel_ts_dtype(timestamps: Tensor | None):
     if timestamps is None or not timestamps.dtype.is_floating_point:
         return tl.int32
     return tl.float32
-
-
-def _silu_mode(dtype: torch.dtype) -> int:
-    """The forward's sigmoid (see ``_sigmoid``): exact for fp32 and the interpreter, else ``tanh.approx``."""
-    if dtype == torch.float32 or _interpreting():
-        return 0
-    if _PACKED_SILU and dtype == torch.bfloat16:
-        return 2
-    return 1
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -621,7 +636,7 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
     ]
     meta = dict(
         D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)), **flags,
-        FAST=_silu_mode(q.dtype), PREC=_dot_precision(q.dtype),
+        FAST=(q.dtype != torch.float32 and not _interpreting()), PREC=_dot_precision(q.dtype),
         UPCAST=(q.dtype == torch.bfloat16 and _interpreting()), FAST_LOG=not _interpreting(),
         REL_TS=_rel_ts_dtype(timestamps),
     )
@@ -640,8 +655,9 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
     dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # (sum_N, H, d_qk), atomics
     dk = _alloc(k)  # (sum_N, H, d_qk)
     dv = _alloc(v)  # (sum_N, H, d_v)
-    dpos = torch.zeros(pos_bias.shape, dtype=torch.float32, device=q.device) if grad_pos else None
-    dtime = torch.zeros(time_bias.shape, dtype=torch.float32, device=q.device) if grad_time else None
+    slots = 1 if _interpreting() else _GRAD_SLOTS
+    dpos = torch.zeros(slots, pos_bias.numel(), dtype=torch.float32, device=q.device) if grad_pos else None
+    dtime = torch.zeros(slots, time_bias.numel(), dtype=torch.float32, device=q.device) if grad_time else None
     batch = offsets.numel() - 1
     if total > 0 and batch > 0 and max_len > 0:
         dummy = offsets
@@ -663,7 +679,7 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         ]
         meta = dict(
             D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)),
-            **flags, GRAD_POS=grad_pos, GRAD_TIME=grad_time, PREC=_dot_precision(q.dtype),
+            **flags, GRAD_POS=grad_pos, GRAD_TIME=grad_time, GRAD_SLOTS=slots, PREC=_dot_precision(q.dtype),
         UPCAST=(q.dtype == torch.bfloat16 and _interpreting()), FAST_LOG=not _interpreting(),
         REL_TS=_rel_ts_dtype(timestamps),
         )
@@ -675,8 +691,8 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
     else:
         dk.zero_()
         dv.zero_()
-    dpos = dpos.to(pos_bias.dtype) if dpos is not None else None
-    dtime = dtime.to(time_bias.dtype) if dtime is not None else None
+    dpos = dpos.sum(0).to(pos_bias.dtype) if dpos is not None else None  # (2n - 1,)
+    dtime = dtime.sum(0).to(time_bias.dtype) if dtime is not None else None  # (num_buckets + 1,)
     return dq32.to(q.dtype), dk, dv, dpos, dtime
 
 

@@ -17,29 +17,33 @@ from torch import Tensor
 from gr_lightning.ops import seq_index
 
 
-def _merge_top_k(values: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def _top_k_first_columns(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` best columns of each row by (value descending, column ascending), in that order.
 
     Args:
-        values: ``(B, C)`` scores. Among equal values, column order must be id order.
-        ids: ``(B, C)`` the id of each column.
+        values: ``(B, C)`` scores.
         k: How many to keep (``<= C``).
 
     Returns:
-        ``(values, ids)``, both ``(B, k)``; equal values keep column order, so the precondition holds again.
+        ``(values, columns)``, both ``(B, k)``.
 
     """
     batch = values.shape[0]
-    # torch.topk picks an arbitrary subset of the values tied at the k-th place; take the first columns instead.
-    threshold = values.topk(k, dim=1).values[:, -1:]  # (B, 1) the k-th best value
-    above = values > threshold  # (B, C)
+    top = values.topk(k, dim=1)
+    threshold = top.values[:, -1:]  # (B, 1) the k-th best value
     tied = values == threshold  # (B, C)
-    need = k - above.sum(dim=1, keepdim=True)  # (B, 1) tied columns to take
-    take = above | (tied & (tied.cumsum(dim=1) <= need))  # (B, C) exactly k per row
-    columns = take.nonzero()[:, 1].view(batch, k)  # (B, k) ascending columns
-    values, ids = values.gather(1, columns), ids.gather(1, columns)
-    order = values.argsort(dim=1, descending=True, stable=True)  # (B, k) ties stay in column (= id) order
-    return values.gather(1, order), ids.gather(1, order)
+    if bool((tied.sum(dim=1) == (top.values == threshold).sum(dim=1)).all()):
+        columns = top.indices  # (B, k) no tie straddles the cut: topk's set is the answer
+    else:
+        # torch.topk took an arbitrary subset of the values tied at the k-th place; take the first columns.
+        above = values > threshold  # (B, C)
+        need = k - above.sum(dim=1, keepdim=True)  # (B, 1) tied columns to take
+        take = above | (tied & (tied.cumsum(dim=1) <= need))  # (B, C) exactly k per row
+        columns = take.nonzero()[:, 1].view(batch, k)  # (B, k)
+    columns = columns.sort(dim=1).values  # (B, k) ascending, so the stable sort keeps ties in column order
+    order = values.gather(1, columns).argsort(dim=1, descending=True, stable=True)  # (B, k)
+    columns = columns.gather(1, order)
+    return values.gather(1, columns), columns
 
 
 def chunked_top_k(query: Tensor, table: Tensor, k: int, chunk_size: int = 65536, *, first_id: int = 1,
@@ -86,7 +90,7 @@ def chunked_top_k(query: Tensor, table: Tensor, k: int, chunk_size: int = 65536,
     batch = query.shape[0]
     if exclude is not None and exclude.numel():
         exclude_seq, _ = seq_index(exclude_offsets, exclude.numel())  # (sum_N,) query of each excluded id
-    best_values = query.new_empty(batch, 0)  # (B, <=k) running top-k
+    best_values = query.new_empty(batch, 0)  # (B, <=k) running top-k, ties in id order
     best_ids = torch.empty(batch, 0, dtype=torch.int64, device=query.device)
     # Exact scores: no autocast to bf16/fp16 inside a mixed-precision predict loop.
     with torch.autocast(device_type=query.device.type, enabled=False):
@@ -96,7 +100,10 @@ def chunked_top_k(query: Tensor, table: Tensor, k: int, chunk_size: int = 65536,
             if exclude is not None and exclude.numel():
                 hit = (exclude >= start) & (exclude < stop)  # (sum_N,)
                 scores[exclude_seq[hit], exclude[hit] - start] = float("-inf")
-            ids = torch.arange(start, stop, device=query.device).expand(batch, -1)  # (B, c)
-            values = torch.cat([best_values, scores], dim=1)  # (B, <=k + c)
-            best_values, best_ids = _merge_top_k(values, torch.cat([best_ids, ids], dim=1), min(k, values.shape[1]))
+            values, columns = _top_k_first_columns(scores, min(k, stop - start))  # (B, <=k) chunk's best
+            # Merge: running ids all precede this chunk's, so column order is id order among equal values.
+            values = torch.cat([best_values, values], dim=1)  # (B, <=2k)
+            ids = torch.cat([best_ids, columns + start], dim=1)  # (B, <=2k)
+            best_values, columns = _top_k_first_columns(values, min(k, values.shape[1]))
+            best_ids = ids.gather(1, columns)
     return best_values, best_ids

@@ -1,5 +1,13 @@
-"""Incremental inference (HSTU paper Sec. 3.4, M-FALCON): per-user KV caches and scorers built on them."""
+"""Incremental inference (HSTU paper Sec. 3.4, M-FALCON): per-user KV caches and scorers built on them.
+
+- :class:`KVCache`: per-layer keys/values of each user's history (see :mod:`gr_lightning.serving.cache`);
+  the backbone methods ``HSTU.prefill / score_candidates / append / last_output`` fill and use it.
+- :class:`RankingScorer`: candidate predictions of a trained RankingModule from cached histories.
+- :class:`RetrievalScorer`: user embeddings of a trained GRModule, updated event by event.
+"""
 
 from gr_lightning.serving.cache import KVCache
+from gr_lightning.serving.ranking import RankingScorer
+from gr_lightning.serving.retrieval import RetrievalScorer
 
-__all__ = ["KVCache"]
+__all__ = ["KVCache", "RankingScorer", "RetrievalScorer"]

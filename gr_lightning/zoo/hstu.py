@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from gr_lightning import ops
 from gr_lightning.ops.jagged import seq_index
+from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
 from gr_lightning.serving.cache import KVCache
 from gr_lightning.zoo import Backbone
 
@@ -110,7 +111,7 @@ class HSTUBlock(nn.Module):
                             cache_keys: Tensor | None = None, cache_values: Tensor | None = None,
                             cache_lengths: Tensor | None = None, cache_timestamps: Tensor | None = None,
                             query_times: Tensor | None = None, num_targets: Tensor | None = None,
-                            num_contextual: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+                            num_contextual: int = 0, next_ts: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The block on jagged rows that continue cached ones; also returns the rows' keys and values.
 
         Without a cache the rows are whole sequences and the output is :meth:`forward`'s. With one, row ``m``
@@ -129,6 +130,8 @@ class HSTUBlock(nn.Module):
             query_times: ``(B,)`` request time after each sequence's last new row.
             num_targets: ``(B,)`` candidates among the new rows (target-aware mask), or None.
             num_contextual: Contextual prefix (only without a cache: cached rows never include new prefix rows).
+            next_ts: ``(sum_M,)`` with a cache, the new rows' next timestamps if already computed (they are
+                the same in every block), else None.
 
         Returns:
             The output ``(sum_M, D)``, keys ``(sum_M, H, d_qk)`` and values ``(sum_M, H, d_v)``.
@@ -151,7 +154,8 @@ class HSTUBlock(nn.Module):
             if num_contextual:
                 raise ValueError("rows behind a KV cache cannot form a contextual prefix (it is at the start)")
             attn = ops.cached_hstu_attention(q, k, v, offsets, max_len, cache_keys, cache_values, cache_lengths,
-                                             cache_timestamps=cache_timestamps if timed else None, **common)
+                                             cache_timestamps=cache_timestamps if timed else None,
+                                             next_ts=next_ts if timed else None, **common)
         attn = attn.reshape(-1, H * d_v)  # (sum_M, H * d_v)
         gated = ops.norm_mul_dropout(attn, u, self.eps, self.dropout, self.training, kernel=self.kernel)
         return x + self.out(gated), k, v
@@ -235,7 +239,8 @@ class HSTU(Backbone):
     # --- incremental inference: a KV cache per user (Sec. 3.4, M-FALCON; see gr_lightning.serving) ---------
 
     @property
-    def _timed(self) -> bool:
+    def uses_time_bias(self) -> bool:
+        """Whether any block learns the temporal bias (then the cache depends on event times)."""
         return any(block.time_bias is not None for block in self.blocks)
 
     def _check_inference(self, x: Tensor, offsets: Tensor, timestamps: Tensor, what: str,
@@ -283,11 +288,14 @@ class HSTU(Backbone):
             seq, pos = seq_index(offsets, x.shape[0])  # (sum_M,) each
             dest_b, dest_r = seq[keep], (cache.lengths[seq] + pos)[keep]  # (kept,) each
             cache.timestamps[dest_b, dest_r] = timestamps[keep].to(cache.timestamps.dtype)
+        next_ts = None
+        if attend_cache and self.uses_time_bias:
+            next_ts = next_timestamps(timestamps, offsets, query_times)  # (sum_M,) once for all blocks
         for layer, block in enumerate(self.blocks):
             cached = {}
             if attend_cache:
                 cached = dict(cache_keys=cache.keys[layer], cache_values=cache.values[layer],
-                              cache_lengths=cache.lengths, cache_timestamps=cache.timestamps)
+                              cache_lengths=cache.lengths, cache_timestamps=cache.timestamps, next_ts=next_ts)
             out, k, v = block.incremental_forward(x, offsets, max_len, timestamps, query_times=query_times,
                                                   num_targets=num_targets, num_contextual=num_contextual, **cached)
             if keep is not None:
@@ -346,7 +354,7 @@ class HSTU(Backbone):
             b = int(short[0])
             raise ValueError(f"history {b} has {int(lengths[b])} rows; a cache needs at least one history row "
                              f"besides the {num_contextual} contextual rows")
-        if num_contextual and self._timed and request_times is None:
+        if num_contextual and self.uses_time_bias and request_times is None:
             raise ValueError("with a contextual prefix every history row is cached at once, so the time after the "
                              "history must be known: pass request_times (the first candidate's timestamp)")
         first = self.blocks[0]
@@ -400,7 +408,7 @@ class HSTU(Backbone):
 
     def _check_request_times(self, cache: KVCache, offsets: Tensor, timestamps: Tensor) -> None:
         """A contextual-prefix cache is exact only for candidates that start at its request time."""
-        if cache.request_times is None or not self._timed or timestamps.numel() == 0:
+        if cache.request_times is None or not self.uses_time_bias or timestamps.numel() == 0:
             return
         has = offsets[1:] > offsets[:-1]  # (B,)
         first = timestamps[offsets[:-1].clamp(max=timestamps.numel() - 1)]  # (B,)

@@ -72,6 +72,7 @@ def cached_hstu_attention(
     timestamps: Tensor | None = None,
     cache_timestamps: Tensor | None = None,
     query_times: Tensor | None = None,
+    next_ts: Tensor | None = None,
 ) -> Tensor:
     """HSTU attention of jagged new rows against per-sequence cached keys and values.
 
@@ -92,6 +93,8 @@ def cached_hstu_attention(
         timestamps: ``(sum_M,)`` event times of the new rows; required with ``time_bias``.
         cache_timestamps: ``(B, C)`` event times of the cached rows; required with ``time_bias``.
         query_times: ``(B,)`` request time after each sequence's last new row (see ``next_timestamps``).
+        next_ts: ``(sum_M,)`` the new rows' ``next_timestamps(timestamps, offsets, query_times)``, when the
+            caller has it already (it is the same in every layer); ``query_times`` is then not used.
 
     Returns:
         ``(sum_M, H, d_v)``.
@@ -118,7 +121,9 @@ def cached_hstu_attention(
         s_new = s_new + _lookup(pos_bias, relative_position_index(max_len, n, q.device)).to(s_new.dtype)
     if time_bias is not None:
         buckets = time_bias.numel() - 1
-        nxt = jagged_to_padded(next_timestamps(timestamps, offsets, query_times), offsets, max_len)  # (B, M)
+        if next_ts is None:
+            next_ts = next_timestamps(timestamps, offsets, query_times)  # (sum_M,)
+        nxt = jagged_to_padded(next_ts, offsets, max_len)  # (B, M)
         ts_new = jagged_to_padded(timestamps, offsets, max_len)  # (B, M)
         cache_buckets = time_buckets(nxt.unsqueeze(2), cache_timestamps.unsqueeze(1), buckets)  # (B, M, C)
         new_buckets = time_buckets(nxt.unsqueeze(2), ts_new.unsqueeze(1), buckets)  # (B, M, M)

@@ -73,6 +73,13 @@ def env(tmp: Path, mlflow_db: Path) -> dict[str, str]:
     return out
 
 
+def ddp_args(config: Path, ckpt_dir: Path, *extra: str) -> list[str]:
+    """``gr_lightning fit`` on 2 CPU processes (DDP, gloo), saving every 2 steps (mid-epoch) into ``ckpt_dir``."""
+    return ["-m", "gr_lightning", "fit", "--config", str(config), "--trainer.devices=2", "--trainer.strategy=ddp",
+            f"--checkpoint.dirpath={ckpt_dir}", "--checkpoint.every_n_train_steps=2", "--test_after_fit=false",
+            *extra]
+
+
 def run(args: list[str], cwd: Path, environ: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``python <args>`` in ``cwd``; the output is kept for assertion messages."""
     return subprocess.run([sys.executable, *args], cwd=cwd, env=environ, capture_output=True, text=True,

@@ -64,3 +64,26 @@ def test_compiled_blocks_match_eager_and_compile_once(monkeypatch):
 def test_static_shapes_are_refused():
     with pytest.raises(ValueError, match="dynamic"):
         compile_backbone_blocks(BACKBONE(16, 24), {"dynamic": False})
+
+
+def test_ranking_module_compiles_its_backbone_with_target_aware_masks(monkeypatch):
+    from tests.ranking.test_ranking import make_batch, make_model
+
+    monkeypatch.setattr(jagged, "HAS_FBGEMM", False)
+    torch._dynamo.reset()
+    counters.clear()
+    eager = make_model()
+    # aot_eager: dynamo and AOT autograd as with inductor, without its C++ build (the test above covers that).
+    compiled = make_model(compile_backbone=True, compile_options={"backend": "aot_eager"})
+    compiled.configure_model()
+    shapes = [((3, 1), (2, 3)), ((5, 2), (1, 3)), ((7, 4), (3, 3)), ((2, 6), (2, 1))]  # (lengths, candidates)
+    for seed, (lengths, candidates) in enumerate(shapes):
+        batch = make_batch(lengths, candidates, seed=seed)
+        predicted_eager, predicted_compiled = eager(batch), compiled(batch)
+        torch.testing.assert_close(predicted_compiled, predicted_eager, rtol=1e-5, atol=1e-5)
+        predicted_eager.square().sum().backward()
+        predicted_compiled.square().sum().backward()
+    for (name, p_eager), p_compiled in zip(eager.backbone.named_parameters(), compiled.backbone.parameters(),
+                                           strict=True):
+        torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from gr_lightning.compilation import compile_backbone_blocks
 from gr_lightning.data.ranking import RankingBatch
 from gr_lightning.module import default_optimizer
 from gr_lightning.ranking.heads import MultiTaskHead
@@ -55,6 +57,9 @@ class RankingModule(L.LightningModule):
         auc_bins: Histogram bins of the binned AUC.
         optimizer: Optimizer factory (AdamW lr 1e-3 by default).
         lr_scheduler: Optional scheduler factory.
+        compile_backbone: ``torch.compile`` each backbone block with dynamic shapes (see
+            :mod:`gr_lightning.compilation`), in ``configure_model``, after ``setup()`` built the backbone.
+        compile_options: Extra ``torch.compile`` arguments.
 
     """
 
@@ -76,6 +81,8 @@ class RankingModule(L.LightningModule):
         auc_bins: int = 16384,
         optimizer: OptimizerCallable = default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
+        compile_backbone: bool = False,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if num_items < 1:
@@ -124,6 +131,11 @@ class RankingModule(L.LightningModule):
             raise ValueError("RankingModule needs data_spec (num_actions, context_sizes, num_candidates): pass it, or "
                              "train with a RankingDataModule, whose ranking_spec is read in setup()")
         self._build(spec)
+
+    def configure_model(self) -> None:
+        """Compile the backbone's blocks when asked (idempotent; Lightning calls this after ``setup``)."""
+        if self.hparams.compile_backbone and hasattr(self, "backbone"):
+            compile_backbone_blocks(self.backbone, self.hparams.compile_options)
 
     def _metrics(self, bins: int) -> nn.ModuleDict:
         # Keys carry a prefix: a task may be called like an nn.Module attribute (KuaiRand's "forward").

@@ -6,8 +6,13 @@ runs) is decided when the model is wrapped, from the model itself:
 * every class returned by a backbone's optional ``fsdp_wrap_classes()`` hook, else every class that
   appears as an element of a backbone's ``blocks`` ``nn.ModuleList`` (HSTU blocks, SASRec blocks, and
   any zoo plugin that follows the convention);
-* ``nn.Embedding`` when ``shard_embeddings`` is on, so the item table is its own unit: its rows are
-  spread over ranks between lookups (FSDP parameter sharding; not row-wise model-parallel lookups).
+* everything else (the embedding tables, input encoders, heads) belongs to the root unit: it is sharded
+  across ranks at rest (parameters, gradients and optimizer state: 1/world each) and gathered for the
+  whole training step, which is when :class:`~gr_lightning.module.GRModule` needs it: its sampled
+  softmax and catalogue scoring read the item table's weight directly, outside the table's ``forward``;
+* ``nn.Embedding`` as a unit of its own only with ``shard_embeddings=True``, for models that touch their
+  tables only by calling them (FSDP swaps a unit's weights for flat shard views outside its ``forward``,
+  so ``GRModule`` fails there).
 
 With ``activation_checkpointing`` the same block classes are recomputed in the backward instead of
 keeping their activations. Checkpoints are saved as a full state dict by default, so one device (or the
@@ -67,8 +72,8 @@ def backbone_block_classes(model: nn.Module) -> set[type[nn.Module]]:
     return classes
 
 
-def wrap_classes(model: nn.Module, shard_embeddings: bool = True) -> set[type[nn.Module]]:
-    """FSDP units of ``model``: the backbone's block classes, plus ``nn.Embedding`` when sharding tables."""
+def wrap_classes(model: nn.Module, shard_embeddings: bool = False) -> set[type[nn.Module]]:
+    """FSDP units of ``model``: the backbone's block classes, plus ``nn.Embedding`` with ``shard_embeddings``."""
     classes = backbone_block_classes(model)
     if shard_embeddings and any(isinstance(m, nn.Embedding) for m in model.modules()):
         classes.add(nn.Embedding)
@@ -82,7 +87,9 @@ class BackboneFSDPStrategy(FSDPStrategy):
 
     Args:
         activation_checkpointing: Recompute every backbone block in the backward pass.
-        shard_embeddings: Make each ``nn.Embedding`` its own FSDP unit (its weight sharded across ranks).
+        shard_embeddings: Make each ``nn.Embedding`` its own FSDP unit, gathered only inside its ``forward``
+            (off: tables are in the root unit, sharded at rest and gathered for the step; ``GRModule`` needs
+            that, see the module docstring).
         state_dict_type: ``full`` (default: checkpoints load on one device) or ``sharded``.
         **kwargs: Anything else ``FSDPStrategy`` takes (``sharding_strategy``, ``cpu_offload``,
             ``process_group_backend``, ...); ``auto_wrap_policy`` overrides the derived policy.
@@ -91,7 +98,7 @@ class BackboneFSDPStrategy(FSDPStrategy):
 
     strategy_name = "gr_fsdp"
 
-    def __init__(self, activation_checkpointing: bool = False, shard_embeddings: bool = True,
+    def __init__(self, activation_checkpointing: bool = False, shard_embeddings: bool = False,
                  state_dict_type: str = "full", **kwargs: Any) -> None:
         self._explicit_policy = "auto_wrap_policy" in kwargs
         super().__init__(state_dict_type=state_dict_type, **kwargs)

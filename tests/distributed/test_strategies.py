@@ -25,8 +25,8 @@ def _module(backbone) -> GRModule:
 def test_policy_wraps_each_backbone_block_class_and_the_embedding_table():
     hstu = _module(partial(HSTU, num_blocks=3, num_heads=2, attention_dim=4, linear_dim=4))
     assert backbone_block_classes(hstu) == {HSTUBlock}
-    assert wrap_classes(hstu) == {HSTUBlock, nn.Embedding}
-    assert wrap_classes(hstu, shard_embeddings=False) == {HSTUBlock}
+    assert wrap_classes(hstu) == {HSTUBlock}  # tables stay in the root unit: GRModule reads them outside forward
+    assert wrap_classes(hstu, shard_embeddings=True) == {HSTUBlock, nn.Embedding}
     sasrec = _module(partial(SASRec, num_blocks=2, num_heads=2))
     assert backbone_block_classes(sasrec) == {_SASRecBlock}
 
@@ -57,7 +57,7 @@ def test_backbone_hook_overrides_the_blocks_convention_and_its_absence_is_an_err
 
 def test_strategy_derives_wrap_and_checkpointing_policies_from_the_model():
     model = _module(partial(HSTU, num_blocks=2, num_heads=1, attention_dim=4, linear_dim=4))
-    strategy = BackboneFSDPStrategy(activation_checkpointing=True)
+    strategy = BackboneFSDPStrategy(activation_checkpointing=True, shard_embeddings=True)
     strategy.derive_policies(model)
     assert set(strategy.kwargs["auto_wrap_policy"]._module_classes) == {HSTUBlock, nn.Embedding}
     assert set(strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes) == {HSTUBlock}
@@ -65,6 +65,7 @@ def test_strategy_derives_wrap_and_checkpointing_policies_from_the_model():
     plain = BackboneFSDPStrategy()
     plain.derive_policies(model)
     assert plain._activation_checkpointing_kwargs == {}
+    assert set(plain.kwargs["auto_wrap_policy"]._module_classes) == {HSTUBlock}
 
 
 def test_strategy_and_precision_are_chosen_in_yaml(capsys):

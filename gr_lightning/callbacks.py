@@ -73,7 +73,8 @@ def backbone_flops(backbone: nn.Module, tokens: int, sum_sq_len: int) -> float:
         Estimated forward FLOPs.
 
     """
-    linear = sum(m.weight.numel() for m in backbone.modules() if isinstance(m, nn.Linear))
+    # Shapes from in/out_features, not weight.numel(): under FSDP a weight outside its forward is a flat shard.
+    linear = sum(m.in_features * m.out_features for m in backbone.modules() if isinstance(m, nn.Linear))
     flops = 2.0 * tokens * linear
     width = int(getattr(backbone, "dim", 0))
     for module in backbone.modules():

@@ -78,3 +78,14 @@ def test_strategy_and_precision_are_chosen_in_yaml(capsys):
     assert config["strategy"]["class_path"] == "gr_lightning.strategies.BackboneFSDPStrategy"
     assert config["strategy"]["init_args"]["activation_checkpointing"] is True
     assert config["precision"] == "bf16-mixed" and config["num_nodes"] == 2
+
+
+def test_flop_estimate_reads_layer_shapes_not_weights_that_fsdp_flattens_into_shards():
+    from gr_lightning.callbacks import backbone_flops
+
+    backbone = HSTU(16, 8, num_blocks=2, num_heads=2, attention_dim=4, linear_dim=4)
+    before = backbone_flops(backbone, tokens=40, sum_sq_len=300)
+    for module in backbone.modules():
+        if isinstance(module, nn.Linear):  # what FSDP leaves outside a unit's forward: a flat view of this rank's shard
+            module.weight.data = module.weight.data.flatten()[: module.weight.numel() // 2]
+    assert backbone_flops(backbone, tokens=40, sum_sq_len=300) == before

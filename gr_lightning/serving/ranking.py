@@ -123,6 +123,16 @@ class RankingScorer:
         """Extend every cached history by jagged (item, action) events, in place.
 
         Refused for a model whose contextual prefix sees the whole history (every cached row would change).
+        Causal contextual tokens keep the request time they were cached with, so later requests must
+        use that same ``query_times`` (checked by :meth:`score`).
+
+        Args:
+            cache: From :meth:`prefill`.
+            items: ``(sum_N,)`` item ids of the new events (an example may get none).
+            actions: ``(sum_N,)`` their merged action ids.
+            timestamps: ``(sum_N,)`` their times.
+            offsets: ``(B+1,)``.
+
         """
         pre = self.module.preprocessor
         cache.check_batch(offsets.numel() - 1, "offsets")

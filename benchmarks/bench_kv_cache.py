@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (tests)")
+    parser.add_argument("--skip-checks", action="store_true",
+                        help="skip the fp32 equality checks (each run still reports its bf16 error)")
     args = parser.parse_args(argv)
     shape, check_shape = (SMOKE, SMOKE_CHECK) if args.smoke else (FULL, FULL_CHECK)
     device = "cpu" if args.smoke else "cuda"
@@ -200,8 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     available = kernels_available(device)
     for kernel, why in available.items():
-        if why is not None:
-            result["checks"][kernel] = {"skipped": why}
+        if why is not None or args.skip_checks:
+            result["checks"][kernel] = {"skipped": why or "--skip-checks"}
             continue
         result["checks"][kernel] = check_kernel(kernel, check_shape, device)
         print("check", kernel, result["checks"][kernel], flush=True)

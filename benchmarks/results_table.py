@@ -17,7 +17,8 @@ def _training_rows(path: Path) -> list[str]:
     for run in data["runs"]:
         t = run["test"]
         rows.append(
-            f"| {Path(run['config']).as_posix().split('conf/')[-1]} | {data['device']} | {data['precision']} | "
+            f"| {Path(run['config']).as_posix().split('conf/')[-1]} | {data['device']} | {data.get('kernel', '')} | "
+            f"{data['precision']} | "
             f"{run['epochs_run']} | {run['best_val_epoch']} | {run['seconds_per_epoch_median']:.2f} | "
             f"{t['hr_10']:.4f} | {t['ndcg_10']:.4f} | {t['hr_50']:.4f} | {t['ndcg_50']:.4f} | {t['mrr']:.4f} | "
             f"`{path.name}` |"
@@ -50,9 +51,9 @@ def main() -> None:
     print("records its device, date, software versions, shapes and the command that produced it.\n")
     print("## Retrieval training: MovieLens-1M-half (users 1-2999, `ml1m_retrieval.py`)\n")
     print("Test metrics of the best-validation epoch (leave-one-out, full catalogue, history filtered).\n")
-    print("| config | device | precision | epochs | best epoch | s/epoch | HR@10 | NDCG@10 | HR@50 | NDCG@50 | MRR |"
-          " file |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| config | device | kernel | precision | epochs | best epoch | s/epoch | HR@10 | NDCG@10 | HR@50 | NDCG@50 |"
+          " MRR | file |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in sorted(RESULTS.glob("ml1m_half_*.json")):
         for row in _training_rows(path):
             print(row)
@@ -66,6 +67,66 @@ def main() -> None:
         for path in attention:
             for row in _attention_rows(path):
                 print(row)
+    _print_layer(RESULTS / "layer_h100.json")
+    _print_kv_cache(RESULTS / "kv_cache_h100.json")
+    _print_scale_out(RESULTS / "scale_out_h200x4.json")
+
+
+def _print_layer(path: Path) -> None:
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    print(f"\n## One HSTU layer (`bench_layer.py`, {data['device']})\n")
+    print(f"D={data['dim']}, H={data['heads']}, d={data['d_qk']}, B={data['batch']}, {data['bias']} bias, bf16; "
+          f"forward+backward, FLOPs: {data['flops']}.\n")
+    print("| N | kernel | ms | TFLOP/s | peak GB above inputs | file |")
+    print("|---|---|---|---|---|---|")
+    for r in data["rows"]:
+        if "fwd_bwd_ms" not in r:
+            print(f"| {r['N']} | {r['kernel']} | {r.get('skipped', 'not run')} | | | `{path.name}` |")
+            continue
+        print(f"| {r['N']} | {r['kernel']} | {r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_tflops']:.0f} | "
+              f"{r['peak_mem_gb']:.2f} | `{path.name}` |")
+
+
+def _print_kv_cache(path: Path) -> None:
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    m = data["model"]
+    print(f"\n## KV-cached candidate scoring (`bench_kv_cache.py`, {data['device']})\n")
+    print(f"{m['num_blocks']} blocks, D={m['dim']}, {m['num_heads']} heads x {m['head_dim']}, {m['dtype']}, "
+          f"history {m['history']} + {m['candidates']} candidates; median ms.\n")
+    print("| kernel | batch | full recompute | prefill | cached | speedup | max rel err | file |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in data["runs"]:
+        if "speedup" not in r:
+            print(f"| {r['kernel']} | {r.get('batch', '')} | {r.get('skipped', 'failed')} | | | | | `{path.name}` |")
+            continue
+        print(f"| {r['kernel']} | {r['batch']} | {r['full']['ms']:.2f} | {r['prefill']['ms']:.2f} | "
+              f"{r['cached']['ms']:.2f} | {r['speedup']:.1f}x | {r['max_rel_err']:.1e} | `{path.name}` |")
+
+
+def _print_scale_out(path: Path) -> None:
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    print("\n## Scale-out (`scale_out.py --sweep`)\n")
+    print("| strategy | precision | GPUs | device | samples/s | efficiency | peak GiB/GPU | item table GiB/GPU |"
+          " file |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    one = {(r["config"]["strategy"], r["config"]["precision"]): r["summary"]["samples_per_s"]
+           for r in data["runs"] if r["config"]["devices"] == 1}
+    for r in sorted(data["runs"], key=lambda r: (r["config"]["strategy"], r["config"]["precision"],
+                                                 r["config"]["devices"])):
+        c, sm = r["config"], r["summary"]
+        base = one.get((c["strategy"], c["precision"]))
+        eff = f"{sm['samples_per_s'] / (c['devices'] * base):.1%}" if base else "-"
+        print(f"| {c['strategy']} | {c['precision']} | {c['devices']} | {r['env']['device']} | "
+              f"{sm['samples_per_s']:.0f} | {eff} | {sm['peak_allocated_gib_max']:.2f} | "
+              f"{sm['embedding_gib_per_gpu']:.2f} | `{path.name}` |")
+    for item in data.get("not_run", []):
+        print(f"| {item['name']} | not run: {item['reason']} | | | | | | | |")
 
 
 if __name__ == "__main__":

@@ -18,17 +18,19 @@ exact), and the temporal bucket uses the reference's formula.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from gr_lightning.ops.pytorch.cached_attention import check_cache_inputs
-from gr_lightning.ops.pytorch.hstu_attention import TIME_BUCKET_WIDTH, next_timestamps
-
-_BUCKET_WIDTH: tl.constexpr = tl.constexpr(TIME_BUCKET_WIDTH)
+from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
+from gr_lightning.ops.triton._common import dot as _dot
+from gr_lightning.ops.triton._common import interpreting as _interpreting
+from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
+from gr_lightning.ops.triton._common import pos_index as _pos_index
+from gr_lightning.ops.triton._common import sigmoid as _sigmoid
+from gr_lightning.ops.triton._common import time_index as _time_index
 
 #: Tests set ``(BLOCK_M, BLOCK_N)`` of the interpreter's tiles.
 _INTERPRET_BLOCKS: tuple[int, int] = (16, 16)
@@ -43,56 +45,13 @@ _POISON: float | None = None
 _MIN_SPLIT_ROWS = 256
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(int(x) - 1, 0).bit_length()
-
-
-@triton.jit
-def _silu_over_n(s, inv_scale, FAST: tl.constexpr):
-    """``SiLU(s) / n``; FAST takes the sigmoid from one ``tanh.approx`` (bf16/fp16 inputs on GPU)."""
-    if FAST:
-        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [s * 0.5], dtype=tl.float32,
-                                      is_pure=True, pack=1)
-        sig = 0.5 * t + 0.5
-    else:
-        sig = tl.sigmoid(s)
-    return s * sig * inv_scale
-
-
-@triton.jit
-def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """``a @ b`` in fp32; UPCAST works around the CPU interpreter's bf16 dot."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
-    else:
-        return tl.dot(a, b, input_precision=PREC)
-
-
-@triton.jit
-def _time_row(next_ts, ts, num_buckets):
-    """Temporal table row ``clamp(floor(ln(max(|next_ts - ts|, 1)) / 0.301), 0, num_buckets)``."""
-    gap = tl.maximum(tl.abs(next_ts - ts), 1).to(tl.float32)
-    bucket = tl.floor(tl.log(gap) / _BUCKET_WIDTH)
-    return tl.minimum(tl.maximum(bucket, 0.0), num_buckets * 1.0).to(tl.int32)
-
-
-@triton.jit
-def _pos_row(i, j, scale_len):
-    """Positional table row ``clamp(i - j, -(n-1), n-1) + n - 1``."""
-    return tl.minimum(tl.maximum(i - j, 1 - scale_len), scale_len - 1) + scale_len - 1
-
-
 @triton.jit
 def _key_tile(acc, q, Kp, Vp, TsK, stride_kn, stride_vn, start_n, n_valid, key_pos0, q_pos, next_ts, is_cand,
               ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets, offs_dqk, offs_dv,
               D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
               BLOCK_N: tl.constexpr, BOUND: tl.constexpr, CAUSAL: tl.constexpr, HAS_POS: tl.constexpr,
               HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-              REL_TS: tl.constexpr):
+              REL_TS: tl.constexpr, FAST_LOG: tl.constexpr):
     """Add one block of keys ``start_n ..`` of one source (cache or new rows) to ``acc`` ``(BLOCK_M, BLOCK_DV)``.
 
     BOUND masks keys ``>= n_valid``; CAUSAL lets history queries see only keys at or before them.
@@ -116,15 +75,16 @@ def _key_tile(acc, q, Kp, Vp, TsK, stride_kn, stride_vn, start_n, n_valid, key_p
     s = _dot(q, tl.trans(k), PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_N)
     key_pos = key_pos0 + offs_n  # absolute positions of the keys
     if HAS_POS:
-        s += tl.load(PosBias + _pos_row(q_pos[:, None], key_pos[None, :], scale_len)).to(tl.float32)
+        s += tl.load(PosBias + _pos_index(q_pos[:, None], key_pos[None, :], scale_len)).to(tl.float32)
     if HAS_TIME:
         if BOUND:
             ts = tl.load(TsK + rows, mask=offs_n < n_valid, other=0)
         else:
             ts = tl.load(TsK + rows)
         ts = (ts - ts_base).to(REL_TS)
-        s += tl.load(TimeBias + _time_row(next_ts[:, None], ts[None, :], num_buckets)).to(tl.float32)
-    a = _silu_over_n(s, inv_scale, FAST)
+        time_idx = _time_index(next_ts[:, None], ts[None, :], num_buckets, FAST_LOG)  # (BLOCK_M, BLOCK_N)
+        s += tl.load(TimeBias + time_idx).to(tl.float32)
+    a = s * _sigmoid(s, FAST) * inv_scale
     if BOUND:
         ok = offs_n[None, :] < n_valid
         if CAUSAL:
@@ -143,7 +103,7 @@ def _cached_fwd_kernel(
     alpha, inv_scale, scale_len, num_buckets, H, NSPLIT, MAX_NEW_BUCKET, MAX_CACHE_BUCKET,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
@@ -189,12 +149,12 @@ def _cached_fwd_kernel(
         acc = _key_tile(acc, q, Kc, Vc, Tc, stride_kcn, stride_vcn, start_n, num_cached, 0, q_pos, next_ts,
                         is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets, offs_dqk,
                         offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, False, False, HAS_POS, HAS_TIME, FAST,
-                        PREC, UPCAST, REL_TS)
+                        PREC, UPCAST, REL_TS, FAST_LOG)
     if full < hi:
         acc = _key_tile(acc, q, Kc, Vc, Tc, stride_kcn, stride_vcn, full, num_cached, 0, q_pos, next_ts,
                         is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets, offs_dqk,
                         offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, False, HAS_POS, HAS_TIME, FAST,
-                        PREC, UPCAST, REL_TS)
+                        PREC, UPCAST, REL_TS, FAST_LOG)
 
     if pid_s == 0:
         # 2. New history rows: blocks wholly before the tile are visible to all its rows.
@@ -207,12 +167,12 @@ def _cached_fwd_kernel(
             acc = _key_tile(acc, q, Kn, Vn, Tn, stride_kn, stride_vn, start_n, hist_new, num_cached, q_pos,
                             next_ts, is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets,
                             offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, False, False, HAS_POS,
-                            HAS_TIME, FAST, PREC, UPCAST, REL_TS)
+                            HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
         for start_n in range(new_full, new_hi, BLOCK_N):
             acc = _key_tile(acc, q, Kn, Vn, Tn, stride_kn, stride_vn, start_n, hist_new, num_cached, q_pos,
                             next_ts, is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets,
                             offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, True, HAS_POS,
-                            HAS_TIME, FAST, PREC, UPCAST, REL_TS)
+                            HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
         # 3. A candidate's own key, row by row.
         if HAS_TARGETS:  # noqa: SIM102 (a constexpr guard around a run-time test)
             if start_m + BLOCK_M > hist_new:
@@ -226,8 +186,9 @@ def _cached_fwd_kernel(
                     s_own += tl.load(PosBias + scale_len - 1).to(tl.float32)
                 if HAS_TIME:
                     ts_own = (tl.load(Ts + q_rows, mask=row_ok, other=0) - ts_base).to(REL_TS)
-                    s_own += tl.load(TimeBias + _time_row(next_ts, ts_own, num_buckets)).to(tl.float32)
-                a_own = tl.where(own, _silu_over_n(s_own, inv_scale, FAST), 0.0)
+                    own_idx = _time_index(next_ts, ts_own, num_buckets, FAST_LOG)  # (BLOCK_M,)
+                    s_own += tl.load(TimeBias + own_idx).to(tl.float32)
+                a_own = tl.where(own, s_own * _sigmoid(s_own, FAST) * inv_scale, 0.0)
                 acc += a_own[:, None] * v_own.to(tl.float32)
 
     o_ptrs = Out + pid_s * stride_os + h * stride_oh + q_rows[:, None] * stride_on + offs_dv[None, :]
@@ -348,6 +309,7 @@ def cached_hstu_attention(
         PREC="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
         REL_TS=tl.float32 if ts is not None and ts.dtype.is_floating_point else tl.int32,
+        FAST_LOG=not _interpreting(),  # the full kernel's bucketing, so cached and full rows agree
     )
 
     def grid(m):

@@ -12,7 +12,6 @@ atomics. Semantics match :func:`gr_lightning.ops.pytorch.hstu_attention` exactly
 
 from __future__ import annotations
 
-import os
 from functools import partial
 
 import torch
@@ -21,9 +20,12 @@ import triton.language as tl
 from torch import Tensor
 
 from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
-
-#: Width of one temporal bucket in log-seconds; must equal the reference's ``TIME_BUCKET_WIDTH``.
-_TIME_BUCKET_WIDTH: tl.constexpr = tl.constexpr(0.301)
+from gr_lightning.ops.triton._common import dot as _dot
+from gr_lightning.ops.triton._common import interpreting as _interpreting
+from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
+from gr_lightning.ops.triton._common import pos_index as _pos_index
+from gr_lightning.ops.triton._common import sigmoid as _sigmoid
+from gr_lightning.ops.triton._common import time_index as _time_index
 
 #: Tests set this to a float (NaN) so that outputs start poisoned and unwritten elements show.
 _POISON: float | None = None
@@ -37,42 +39,9 @@ _INTERPRET_BWD_BLOCKS: tuple[int, int] = (16, 16)
 _FIXED_CONFIG: dict | None = None
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _next_pow2(x: int) -> int:
-    return 1 << max(int(x) - 1, 0).bit_length()
-
-
 # ----------------------------------------------------------------------------------------------------
 # Element-wise helpers
 # ----------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _sigmoid(s, FAST: tl.constexpr):
-    """``sigmoid(s)``; FAST uses one ``tanh.approx`` (one MUFU op instead of ex2 + rcp).
-
-    (A packed ``tanh.approx.bf16x2``, one MUFU op per two elements, measured no faster on the H100 at
-    32x4096: the forward is not MUFU-bound. See benchmarks/NOTES-kernels.md.)
-    """
-    if FAST:
-        t = tl.inline_asm_elementwise(
-            "tanh.approx.f32 $0, $1;", "=r,r", [s * 0.5], dtype=tl.float32, is_pure=True, pack=1
-        )
-        return 0.5 * t + 0.5
-    else:
-        return tl.sigmoid(s)
-
-
-@triton.jit
-def _dot(a, b, PREC: tl.constexpr, UPCAST: tl.constexpr):
-    """Return ``a @ b`` with fp32 accumulation; UPCAST works around the CPU interpreter's broken bf16 dot."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PREC)
-    else:
-        return tl.dot(a, b, input_precision=PREC)
 
 
 @triton.jit
@@ -92,31 +61,6 @@ def _allowed(i, j, seq_len, hist_end, num_contextual, window,
     if HAS_TARGETS:
         rule = tl.where(i < hist_end, rule, (j < hist_end) | (j == i))
     return rule & (i < seq_len) & (j < seq_len)
-
-
-@triton.jit
-def _pos_index(i, j, scale_len):
-    """Row of the positional table: ``clamp(i - j, -(n-1), n-1) + n - 1``."""
-    rel = tl.minimum(tl.maximum(i - j, 1 - scale_len), scale_len - 1)
-    return rel + scale_len - 1
-
-
-@triton.jit
-def _time_index(next_ts, ts, num_buckets, FAST: tl.constexpr):
-    """Temporal bucket: ``clamp(floor(ln(max(|next_ts - ts|, 1)) / 0.301), 0, num_buckets)``.
-
-    ``next_ts`` and ``ts`` are relative to the sequence's first event (int32 for integer seconds), so the
-    gap is exact; FAST takes the logarithm with one ``lg2.approx`` (MUFU) instead of libdevice's ``logf``.
-    """
-    gap = tl.maximum(tl.abs(next_ts - ts), 1).to(tl.float32)
-    if FAST:
-        lg2 = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [gap], dtype=tl.float32,
-                                        is_pure=True, pack=1)
-        bucket = tl.floor(lg2 * (0.6931471805599453 / _TIME_BUCKET_WIDTH))
-    else:
-        bucket = tl.floor(tl.log(gap) / _TIME_BUCKET_WIDTH)
-    bucket = tl.minimum(tl.maximum(bucket, 0.0), num_buckets * 1.0)
-    return bucket.to(tl.int32)
 
 
 @triton.jit

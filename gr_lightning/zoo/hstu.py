@@ -82,8 +82,12 @@ class HSTUBlock(nn.Module):
 
     def forward(self, x: Tensor, offsets: Tensor, max_len: int, timestamps: Tensor,
                 query_times: Tensor | None = None, num_targets: Tensor | None = None,
-                num_contextual: int = 0) -> Tensor:
-        """Apply the block to jagged ``x`` of shape ``(sum_N, D)``; returns the same shape."""
+                num_contextual: int = 0, next_ts: Tensor | None = None) -> Tensor:
+        """Apply the block to jagged ``x`` of shape ``(sum_N, D)``; returns the same shape.
+
+        ``next_ts`` (``(sum_N,)``) is ``next_timestamps(timestamps, offsets, query_times)`` when the caller
+        has it (the stack computes it once per batch); None computes it in the attention.
+        """
         H, d_qk, d_v = self.num_heads, self.attention_dim, self.linear_dim
         normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
         uvqk = F.silu(self.uvqk(normed))  # (sum_N, H * (2 d_v + 2 d_qk))
@@ -101,6 +105,7 @@ class HSTUBlock(nn.Module):
             time_bias=self.time_bias,
             timestamps=timestamps if self.time_bias is not None else None,
             query_times=query_times if self.time_bias is not None else None,
+            next_ts=next_ts if self.time_bias is not None else None,
             num_targets=num_targets,
             num_contextual=num_contextual,
         ).reshape(-1, H * d_v)  # (sum_N, H * d_v)
@@ -232,8 +237,10 @@ class HSTU(Backbone):
                 raise ValueError(f"sequence {b} has {int(num_targets[b])} candidate rows and {num_contextual} "
                                  f"contextual rows but only {int(lengths[b])} rows in all: the candidates are "
                                  "longer than the sequence")
+        # Every block's temporal bias reads the same next-event times: compute them once per batch.
+        next_ts = next_timestamps(timestamps, offsets, query_times) if self.uses_time_bias else None  # (sum_N,)
         for block in self.blocks:
-            x = block(x, offsets, max_len, timestamps, query_times, num_targets, num_contextual)
+            x = block(x, offsets, max_len, timestamps, query_times, num_targets, num_contextual, next_ts)
         return x
 
     # --- incremental inference: a KV cache per user (Sec. 3.4, M-FALCON; see gr_lightning.serving) ---------

@@ -136,6 +136,7 @@ def hstu_attention(
     time_bias: Tensor | None = None,
     timestamps: Tensor | None = None,
     query_times: Tensor | None = None,
+    next_ts: Tensor | None = None,
 ) -> Tensor:
     """HSTU attention on jagged inputs.
 
@@ -155,6 +156,8 @@ def hstu_attention(
         time_bias: ``(num_buckets + 1,)`` learned bias per time bucket, or None.
         timestamps: ``(sum_N,)`` event times in seconds; required with ``time_bias``.
         query_times: ``(B,)`` request time of each sequence's last row (see :func:`next_timestamps`).
+        next_ts: ``(sum_N,)`` precomputed ``next_timestamps(timestamps, offsets, query_times)`` (a stack of
+            layers computes it once per batch), or None to compute it here.
 
     Returns:
         ``(sum_N, H, d_v)``.
@@ -173,7 +176,9 @@ def hstu_attention(
     if time_bias is not None:
         if timestamps is None:
             raise ValueError("time_bias needs timestamps")
-        nxt = jagged_to_padded(next_timestamps(timestamps, offsets, query_times), offsets, max_len)  # (B, N)
+        if next_ts is None:
+            next_ts = next_timestamps(timestamps, offsets, query_times)  # (sum_N,)
+        nxt = jagged_to_padded(next_ts, offsets, max_len)  # (B, N)
         ts = jagged_to_padded(timestamps, offsets, max_len)  # (B, N)
         buckets = time_buckets(nxt.unsqueeze(2), ts.unsqueeze(1), time_bias.numel() - 1)  # (B, N, N)
         scores = scores + _lookup(time_bias, buckets).unsqueeze(1).to(scores.dtype)

@@ -679,6 +679,7 @@ def hstu_attention(
     time_bias: Tensor | None = None,
     timestamps: Tensor | None = None,
     query_times: Tensor | None = None,
+    next_ts: Tensor | None = None,
 ) -> Tensor:
     """HSTU attention on jagged inputs, fused in Triton; same contract as the PyTorch reference.
 
@@ -697,6 +698,7 @@ def hstu_attention(
         time_bias: ``(num_buckets + 1,)`` temporal bias table, or None.
         timestamps: ``(sum_N,)`` event times in seconds; required with ``time_bias``.
         query_times: ``(B,)`` request time of each sequence's last row (default: its own time).
+        next_ts: ``(sum_N,)`` precomputed ``next_timestamps(timestamps, offsets, query_times)``, or None.
 
     Returns:
         ``(sum_N, H, d_v)`` in the dtype of ``v``.
@@ -709,10 +711,13 @@ def hstu_attention(
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     pos_bias = pos_bias.reshape(-1) if pos_bias is not None else None
     time_bias = time_bias.reshape(-1) if time_bias is not None else None
-    next_ts = None
     if timestamps is not None:
         timestamps = timestamps.contiguous()
-        next_ts = next_timestamps(timestamps, offsets, query_times).contiguous()  # (sum_N,)
+        if next_ts is None:
+            next_ts = next_timestamps(timestamps, offsets, query_times)  # (sum_N,)
+        next_ts = next_ts.contiguous()
+    else:
+        next_ts = None
     return _HSTUAttention.apply(q, k, v, offsets.contiguous(), int(max_len), float(alpha), int(scale_len),
                                 num_targets, int(num_contextual), window, pos_bias, time_bias, timestamps,
                                 next_ts)

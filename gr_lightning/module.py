@@ -30,6 +30,15 @@ def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.98), weight_decay=0.0)
 
 
+def optimizers_from_factories(params: Iterable[nn.Parameter], optimizer: OptimizerCallable,
+                              lr_scheduler: LRSchedulerCallable | None):
+    """What ``configure_optimizers`` returns for a LightningCLI optimizer factory and optional scheduler."""
+    built = optimizer(params)
+    if lr_scheduler is None:
+        return built
+    return {"optimizer": built, "lr_scheduler": lr_scheduler(built)}
+
+
 class GRModule(L.LightningModule):
     """A generative retrieval model.
 
@@ -188,7 +197,4 @@ class GRModule(L.LightningModule):
                 "item_id": items[keep], "score": scores[keep]}
 
     def configure_optimizers(self):  # noqa: D102 (Lightning's contract)
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+        return optimizers_from_factories(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from gr_lightning.compilation import compile_backbone_blocks
 from gr_lightning.data.ranking import RankingBatch
-from gr_lightning.module import default_optimizer
+from gr_lightning.module import default_optimizer, optimizers_from_factories
 from gr_lightning.ranking.heads import MultiTaskHead
 from gr_lightning.ranking.metrics import BinaryTaskMetrics, RegressionTaskMetrics
 from gr_lightning.ranking.preprocess import RankingPreprocessor, TokenLayout
@@ -246,7 +246,4 @@ class RankingModule(L.LightningModule):
         return columns
 
     def configure_optimizers(self):  # noqa: D102 (Lightning's contract)
-        optimizer = self.optimizer_factory(self.parameters())
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler_factory(optimizer)}
+        return optimizers_from_factories(self.parameters(), self.optimizer_factory, self.lr_scheduler_factory)

@@ -55,3 +55,15 @@ def test_in_batch_negatives_take_log_q_from_the_datamodule(tmp_path):
     trainer.fit(model, datamodule=dm)
     counts = torch.as_tensor(dm.item_counts(), dtype=torch.float64).clamp(min=1)
     torch.testing.assert_close(model.item_log_q.double(), torch.log(counts / counts.sum()), rtol=1e-5, atol=1e-6)
+
+
+def test_configure_optimizers_adds_the_scheduler_only_when_configured():
+    plain = GRModule(partial(HSTU, num_blocks=1), num_items=20, max_seq_len=8, embedding_dim=8,
+                     optimizer=partial(torch.optim.SGD, lr=0.5))
+    assert isinstance(plain.configure_optimizers(), torch.optim.SGD)
+    scheduled = GRModule(partial(HSTU, num_blocks=1), num_items=20, max_seq_len=8, embedding_dim=8,
+                         optimizer=partial(torch.optim.SGD, lr=0.5),
+                         lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.1))
+    config = scheduled.configure_optimizers()
+    config["lr_scheduler"].step()
+    assert config["optimizer"].param_groups[0]["lr"] == 0.05

@@ -52,13 +52,15 @@ def make_batch(batch, n, heads, d_qk, d_v, dtype, seed, targets=None, device="cu
 
 #: Variants measured at every shape (the issue's list); the first shape also gets EXTRA_VARIANTS.
 VARIANTS = ("nobias", "bias", "targets", "reference", "sdpa_flash")
-#: pos / time: one bias table alone (where the bias cost goes).
-EXTRA_VARIANTS = ("pos", "time")
+#: pos / time: one bias table alone (where the bias cost goes); bias_atomic_{pos,time,both}: both tables with
+#: the backward's per-element atomic reduction (``_BIAS_GRAD`` bits) for one or both tables.
+EXTRA_VARIANTS = ("pos", "time", "bias_atomic_pos", "bias_atomic_time", "bias_atomic_both")
+_BIAS_GRAD_OF = {"bias_atomic_pos": 1, "bias_atomic_time": 2, "bias_atomic_both": 3}
 
 
 def call_kwargs(b, n, variant):
     kw = dict(alpha=1.0 / D**0.5, scale_len=n)
-    if variant == "bias":
+    if variant == "bias" or variant in _BIAS_GRAD_OF:
         kw.update(pos_bias=b["pos_bias"], time_bias=b["time_bias"], timestamps=b["timestamps"])
     if variant == "pos":
         kw.update(pos_bias=b["pos_bias"])
@@ -211,6 +213,7 @@ def main():
         result["shapes"].append(entry)
         variants = VARIANTS + (EXTRA_VARIANTS if not rows and not args.no_extra else ())
         for variant in variants:
+            hstu_mod._BIAS_GRAD = _BIAS_GRAD_OF.get(variant, 0)
             b = make_batch(batch, n, H, D, D, torch.bfloat16, seed=0, targets=16)
             flops = attention_flops(b["lengths"], H, D, D)
             entry["fwd_flops"] = flops

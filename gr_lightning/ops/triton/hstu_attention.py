@@ -233,7 +233,7 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, NextTs, ts_base, PosBias, TimeBias, DPos,
               HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr,
               GRAD_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr,
-              FAST_LOG: tl.constexpr, BLOCK_N: tl.constexpr):
+              FAST_LOG: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_N: tl.constexpr):
     """One query tile against the program's key tile, in the transposed orientation ``(BLOCK_N, BLOCK_M)``."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_len
@@ -269,8 +269,13 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, NextTs, ts_base, PosBias, TimeBias, DPos,
     tl.atomic_add(DQ + rows[:, None] * stride_dqn + offs_dqk[None, :], dq,
                   mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), sem="relaxed")
     if GRAD_POS:
-        _pos_grad(DPos, ds, pos_idx, ok, start_m, start_n, scale_len, BLOCK_M, BLOCK_N)
-    if GRAD_TIME:
+        if BIAS_GRAD & 1:  # one atomic per element into the program's private slot
+            tl.atomic_add(DPos + pos_idx, ds, mask=ok, sem="relaxed")
+        else:
+            _pos_grad(DPos, ds, pos_idx, ok, start_m, start_n, scale_len, BLOCK_M, BLOCK_N)
+    if GRAD_TIME and (BIAS_GRAD & 2):
+        tl.atomic_add(DTime + time_idx, ds, mask=ok, sem="relaxed")
+    elif GRAD_TIME:
         if MASKED:
             ok_next = _allowed(i, j + 1, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT,
                                HAS_WINDOW)
@@ -339,7 +344,7 @@ def _hstu_bwd_kernel(
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
-    GRAD_SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GRAD_SLOTS: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)  # key tile n sees ~(N - n) query tiles: natural order is longest first
@@ -408,14 +413,14 @@ def _hstu_bwd_kernel(
                     offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
                     inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
                     BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS,
-                    GRAD_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
+                    GRAD_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
     for start_m in range(m_lo, m_diag, BLOCK_M):
         dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
                            ts_k, ts_k_next, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
                            stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                            num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
                            HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
-                           REL_TS, FAST_LOG, BLOCK_N)
+                           REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
     below_masked = HAS_WINDOW
     if HAS_TARGETS:
         below_masked = below_masked | (start_n + BLOCK_N > hist_end)
@@ -426,7 +431,7 @@ def _hstu_bwd_kernel(
                                stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
                                HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
-                               REL_TS, FAST_LOG, BLOCK_N)
+                               REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
     else:
         for start_m in range(m_diag, m_hi, BLOCK_M):
             dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
@@ -434,7 +439,7 @@ def _hstu_bwd_kernel(
                                stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, False, HAS_TARGETS,
                                HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
-                               REL_TS, FAST_LOG, BLOCK_N)
+                               REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
     if HAS_WINDOW:
         for start_m in range(m_cand, seq_len, BLOCK_M):
             dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
@@ -442,7 +447,7 @@ def _hstu_bwd_kernel(
                                stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
                                num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
                                HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
-                               REL_TS, FAST_LOG, BLOCK_N)
+                               REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
 
     key_ok = offs_n[:, None] < seq_len
     tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
@@ -465,6 +470,11 @@ _BWD_CONFIGS = [
     for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2), (32, 64, 4, 2),
                          (64, 64, 8, 1), (32, 32, 4, 2)]
 ]
+#: How the backward reduces ``dS`` into the bias tables (a bit mask; benchmarks compare the variants):
+#: bit 0 set: one atomic per element for the positional table (else per-diagonal sums of a skewed tile);
+#: bit 1 set: one atomic per element for the temporal table (else prefix sums over runs of equal bucket).
+_BIAS_GRAD = 0
+
 #: Private copies of the bias-table gradients that the backward spreads its atomics over.
 _GRAD_SLOTS = 256
 
@@ -623,7 +633,8 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         ]
         meta = dict(
             D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)),
-            **flags, GRAD_POS=grad_pos, GRAD_TIME=grad_time, GRAD_SLOTS=slots, PREC=_dot_precision(q.dtype),
+            **flags, GRAD_POS=grad_pos, GRAD_TIME=grad_time, GRAD_SLOTS=slots, BIAS_GRAD=_BIAS_GRAD,
+            PREC=_dot_precision(q.dtype),
         UPCAST=(q.dtype == torch.bfloat16 and _interpreting()), FAST_LOG=not _interpreting(),
         REL_TS=_rel_ts_dtype(timestamps),
         )

@@ -113,6 +113,13 @@ def test_temporal_bias_with_events_out_of_time_order():
     _run_both(case, num_contextual=1)
 
 
+@pytest.mark.parametrize("mode", [1, 2, 3])
+def test_bias_gradient_by_element_atomics(mode, monkeypatch):
+    # The alternative reductions of dS into the bias tables (per-element atomics) give the same gradients.
+    monkeypatch.setattr(triton_mod, "_BIAS_GRAD", mode)
+    _run_both(_case(13, [20, 15, 4], targets=[2, 3, 1], pos=True, time=True), num_contextual=2, window=7)
+
+
 def test_all_masks_and_biases():
     _run_both(_case(7, [20, 18, 6], targets=[4, 2, 6], pos=True, time=True), num_contextual=2, window=6)
 

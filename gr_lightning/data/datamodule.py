@@ -6,8 +6,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
-from gr_lightning.data.collate import passthrough
-from gr_lightning.data.sampling import BatchSampler, ResumableDataLoader, SplitDataset, loader_generator
+from gr_lightning.data.sampling import SplitDataset, split_loader
 from gr_lightning.data.sources.base import DataSource
 from gr_lightning.data.split import SplitIndex, eligible_users, leave_one_out
 from gr_lightning.data.store import SequenceStore
@@ -141,23 +140,10 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str, batch_size: int, shuffle: bool) -> DataLoader:
         split = self.split(stage)
-        rank, world_size = 0, 1
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            rank, world_size = trainer.global_rank, trainer.world_size
-        sampler = BatchSampler(len(split), batch_size, shuffle=shuffle, seed=self.seed, rank=rank,
-                               world_size=world_size, lengths=split.lengths() if self.length_grouping else None,
-                               pool_steps=self.pool_steps)
-        return ResumableDataLoader(
-            SplitDataset(self.store, split),
-            batch_size=None,
-            sampler=sampler,
-            collate_fn=passthrough,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            generator=loader_generator(self.seed),
-        )
+        return split_loader(SplitDataset(self.store, split), len(split), batch_size, shuffle=shuffle, seed=self.seed,
+                            trainer=getattr(self, "trainer", None),
+                            lengths=split.lengths() if self.length_grouping else None, pool_steps=self.pool_steps,
+                            num_workers=self.num_workers, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         """Serve training histories (``s[:-2]``), shuffled each epoch; ``targets`` is None."""

@@ -30,9 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from gr_lightning.data.collate import passthrough
 from gr_lightning.data.errors import DataError
-from gr_lightning.data.sampling import BatchSampler
+from gr_lightning.data.sampling import split_loader
 from gr_lightning.data.sources.base import DataSource
 from gr_lightning.data.store import SequenceStore
 
@@ -381,15 +380,10 @@ class RankingDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str, batch_size: int, shuffle: bool, group_lengths: bool = True) -> DataLoader:
         split = self.split(stage)
-        rank, world_size = 0, 1
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None:
-            rank, world_size = trainer.global_rank, trainer.world_size
-        sampler = BatchSampler(len(split), batch_size, shuffle=shuffle, seed=self.seed, rank=rank,
-                               world_size=world_size, lengths=split.lengths() if group_lengths else None)
-        return DataLoader(RankingSplitDataset(self.store, split), batch_size=None, sampler=sampler,
-                          collate_fn=passthrough, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        return split_loader(RankingSplitDataset(self.store, split), len(split), batch_size, shuffle=shuffle,
+                            seed=self.seed, trainer=getattr(self, "trainer", None),
+                            lengths=split.lengths() if group_lengths else None, num_workers=self.num_workers,
+                            pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         """Training examples, shuffled each epoch."""

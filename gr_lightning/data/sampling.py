@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gr_lightning.batch import JaggedBatch
-from gr_lightning.data.collate import gather_batch
+from gr_lightning.data.collate import gather_batch, passthrough
 from gr_lightning.data.split import SplitIndex
 from gr_lightning.data.store import SequenceStore
 
@@ -232,3 +232,30 @@ class ResumableDataLoader(DataLoader):
 def loader_generator(seed: int) -> torch.Generator:
     """A dedicated generator for a DataLoader's worker seeds (keeps the global RNG untouched)."""
     return torch.Generator().manual_seed(int(seed))
+
+
+def split_loader(dataset: Dataset, num_rows: int, batch_size: int, *, shuffle: bool, seed: int, trainer: Any = None,
+                 lengths: np.ndarray | None = None, pool_steps: int = 50, num_workers: int = 0,
+                 pin_memory: bool = False) -> ResumableDataLoader:
+    """The loader every DataModule split uses: balanced per-rank batches that resume mid-epoch.
+
+    Args:
+        dataset: Maps a batch of row indices (what the sampler yields) to a collated batch.
+        num_rows: Rows of the split.
+        batch_size: Rows per batch.
+        shuffle: Reshuffle each epoch (training).
+        seed: Seed of the shuffle and of the workers' seeds.
+        trainer: The attached Trainer (its rank and world size), or None for one process.
+        lengths: ``(num_rows,)`` sequence lengths to group batches by, or None to keep row order.
+        pool_steps: Batches per length-sorted pool (see :class:`BatchSampler`).
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin batch memory.
+
+    """
+    rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    sampler = BatchSampler(num_rows, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                           lengths=lengths, pool_steps=pool_steps)
+    return ResumableDataLoader(dataset, batch_size=None, sampler=sampler, collate_fn=passthrough,
+                               num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                               generator=loader_generator(seed))
+

@@ -75,3 +75,29 @@ def time_index(next_ts, ts, num_buckets, FAST: tl.constexpr):
         bucket = tl.floor(tl.log(gap) / _TIME_BUCKET_WIDTH)
     bucket = tl.minimum(tl.maximum(bucket, 0.0), num_buckets * 1.0)
     return bucket.to(tl.int32)
+
+
+@triton.jit
+def load_kv_tile(K, V, rows, valid, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK: tl.constexpr,
+                 D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BOUND: tl.constexpr):
+    """Key and value rows ``rows`` (int64) of one head; BOUND zero-fills rows where ``valid`` is False.
+
+    An unbounded tile (every row inside the sequence) loads without row masks, and without column masks
+    when the head width is a power of two.
+    """
+    k_ptrs = K + rows[:, None] * stride_kn + offs_dqk[None, :]
+    v_ptrs = V + rows[:, None] * stride_vn + offs_dv[None, :]
+    if BOUND:
+        k = tl.load(k_ptrs, mask=valid[:, None] & (offs_dqk[None, :] < D_QK), other=0.0)
+        v = tl.load(v_ptrs, mask=valid[:, None] & (offs_dv[None, :] < D_V), other=0.0)
+    else:
+        if BLOCK_DQK == D_QK:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=offs_dqk[None, :] < D_QK, other=0.0)
+        if BLOCK_DV == D_V:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=offs_dv[None, :] < D_V, other=0.0)
+    return k, v
+

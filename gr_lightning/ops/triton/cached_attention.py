@@ -27,6 +27,7 @@ from gr_lightning.ops.pytorch.cached_attention import check_cache_inputs
 from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
 from gr_lightning.ops.triton._common import dot as _dot
 from gr_lightning.ops.triton._common import interpreting as _interpreting
+from gr_lightning.ops.triton._common import load_kv_tile as _load_kv_tile
 from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
 from gr_lightning.ops.triton._common import pos_index as _pos_index
 from gr_lightning.ops.triton._common import sigmoid as _sigmoid
@@ -58,20 +59,8 @@ def _key_tile(acc, q, Kp, Vp, TsK, stride_kn, stride_vn, start_n, n_valid, key_p
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     rows = offs_n.to(tl.int64)
-    k_ptrs = Kp + rows[:, None] * stride_kn + offs_dqk[None, :]
-    v_ptrs = Vp + rows[:, None] * stride_vn + offs_dv[None, :]
-    if BOUND:
-        k = tl.load(k_ptrs, mask=(offs_n[:, None] < n_valid) & (offs_dqk[None, :] < D_QK), other=0.0)
-        v = tl.load(v_ptrs, mask=(offs_n[:, None] < n_valid) & (offs_dv[None, :] < D_V), other=0.0)
-    else:
-        if BLOCK_DQK == D_QK:
-            k = tl.load(k_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=offs_dqk[None, :] < D_QK, other=0.0)
-        if BLOCK_DV == D_V:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=offs_dv[None, :] < D_V, other=0.0)
+    k, v = _load_kv_tile(Kp, Vp, rows, offs_n < n_valid, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK, D_V,
+                         BLOCK_DQK, BLOCK_DV, BOUND)
     s = _dot(q, tl.trans(k), PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_N)
     key_pos = key_pos0 + offs_n  # absolute positions of the keys
     if HAS_POS:

@@ -22,6 +22,7 @@ from torch import Tensor
 from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
 from gr_lightning.ops.triton._common import dot as _dot
 from gr_lightning.ops.triton._common import interpreting as _interpreting
+from gr_lightning.ops.triton._common import load_kv_tile as _load_kv_tile
 from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
 from gr_lightning.ops.triton._common import pos_index as _pos_index
 from gr_lightning.ops.triton._common import sigmoid as _sigmoid
@@ -93,20 +94,8 @@ def _fwd_tile(acc, q, K, V, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, sta
     """Add one key tile's contribution ``SiLU(S) / n @ V`` to ``acc``; unmasked tiles skip every check."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     rows = (seq_start + offs_n).to(tl.int64)
-    k_ptrs = K + rows[:, None] * stride_kn + offs_dqk[None, :]
-    v_ptrs = V + rows[:, None] * stride_vn + offs_dv[None, :]
-    if MASKED:
-        k = tl.load(k_ptrs, mask=(offs_n[:, None] < seq_len) & (offs_dqk[None, :] < D_QK), other=0.0)
-        v = tl.load(v_ptrs, mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V), other=0.0)
-    else:
-        if BLOCK_DQK == D_QK:
-            k = tl.load(k_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=offs_dqk[None, :] < D_QK, other=0.0)
-        if BLOCK_DV == D_V:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=offs_dv[None, :] < D_V, other=0.0)
+    k, v = _load_kv_tile(K, V, rows, offs_n < seq_len, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK, D_V,
+                         BLOCK_DQK, BLOCK_DV, MASKED)
     s = _dot(q, tl.trans(k), PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_N)
     i = offs_m[:, None]
     j = offs_n[None, :]

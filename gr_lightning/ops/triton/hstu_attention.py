@@ -340,7 +340,8 @@ def _hstu_bwd_kernel(
     b = pid_bh // H
     h = pid_bh % H
     # Bias-table gradients go to one of GRAD_SLOTS private copies (summed by the wrapper): thousands of
-    # programs adding into the same few table rows at once serialise in L2 (measured 3-10x slower).
+    # programs adding into the same few table rows at once serialise in L2 (without slots the biased
+    # forward+backward at 32x4096 took 63.5 ms instead of 35.3 ms on the H100).
     slot = (pid_bh * tl.num_programs(1) + pid_n) % GRAD_SLOTS
     DPos += slot * (2 * scale_len - 1)
     DTime += slot * (num_buckets + 1)

@@ -13,8 +13,32 @@ import torch
 from torch import Tensor
 
 
+class JaggedRows:
+    """What every jagged batch derives from its ``offsets`` ``(B+1,)``, and its pinned copy.
+
+    Mixed into the batch dataclasses (:class:`JaggedBatch`, ``RankingBatch``); ``offsets`` is their field.
+    """
+
+    offsets: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        """Number of sequences in the batch."""
+        return self.offsets.numel() - 1
+
+    @property
+    def lengths(self) -> Tensor:
+        """Per-sequence lengths. ``(B,)``."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def pin_memory(self):
+        """Page-locked copy for asynchronous host-to-GPU transfer (called by DataLoader's pin_memory)."""
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
+
+
 @dataclass
-class JaggedBatch:
+class JaggedBatch(JaggedRows):
     """A batch of variable-length user histories.
 
     Attributes:
@@ -37,24 +61,9 @@ class JaggedBatch:
     users: Tensor | None = None
     query_times: Tensor | None = None
 
-    @property
-    def batch_size(self) -> int:
-        """Number of sequences in the batch."""
-        return self.offsets.numel() - 1
-
-    @property
-    def lengths(self) -> Tensor:
-        """Per-sequence lengths. ``(B,)``."""
-        return self.offsets[1:] - self.offsets[:-1]
-
     def last_index(self) -> Tensor:
         """Row of the most recent event of each sequence in the jagged layout. ``(B,)``."""
         return self.offsets[1:] - 1
-
-    def pin_memory(self) -> JaggedBatch:
-        """Page-locked copy for asynchronous host-to-GPU transfer (called by DataLoader's pin_memory)."""
-        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
-                                if isinstance(getattr(self, f.name), Tensor)})
 
     def validate(self) -> None:
         """Check the invariants a backbone relies on; raises ValueError naming the broken one."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from gr_lightning.batch import JaggedRows
 from gr_lightning.data.errors import DataError
 from gr_lightning.data.sampling import split_loader
 from gr_lightning.data.sources.base import DataSource
@@ -39,7 +40,7 @@ RANKING_STAGES = ("train", "val", "test")
 
 
 @dataclass
-class RankingBatch:
+class RankingBatch(JaggedRows):
     """A batch of ranking examples, jagged (values + offsets, no padding).
 
     Attributes:
@@ -77,24 +78,9 @@ class RankingBatch:
     action_offsets: Tensor | None = None
 
     @property
-    def batch_size(self) -> int:
-        """Number of examples."""
-        return self.offsets.numel() - 1
-
-    @property
-    def lengths(self) -> Tensor:
-        """``(B,)`` history lengths."""
-        return self.offsets[1:] - self.offsets[:-1]
-
-    @property
     def num_candidates(self) -> Tensor:
         """``(B,)`` candidates per example."""
         return self.candidate_offsets[1:] - self.candidate_offsets[:-1]
-
-    def pin_memory(self) -> RankingBatch:
-        """Page-locked copy (DataLoader ``pin_memory``)."""
-        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
-                                if isinstance(getattr(self, f.name), Tensor)})
 
     def _who(self, b: int) -> str:
         return f"user {int(self.users[b])}" if self.users is not None else f"sequence {b}"

@@ -4,62 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from gr_lightning import analysis
-from gr_lightning.cli import main
 from gr_lightning.zoo.hstu import HSTUBlock
 from tests.conftest import REPO_ROOT
 
-pd = pytest.importorskip("pandas")
-
-DEMO = str(REPO_ROOT / "conf" / "demo.yaml")
-ML1M_HSTU = str(REPO_ROOT / "conf" / "ml-1m" / "hstu.yaml")
 BENCH = REPO_ROOT / "benchmarks" / "results" / "attention_h100.json"
-TINY = ["--rich=false", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-        "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"]
 
 
-def tiny_fit(workdir: Path, uri: str, config: str, *extra: str) -> None:
-    """Run ``gr-lightning fit`` in-process with ``workdir`` as the working directory and ``uri`` as the store."""
-    old_cwd, old_uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.chdir(workdir)
-    try:
-        main(["fit", "--config", config, *TINY, f"--data.init_args.cache_dir={workdir / 'cache'}", *extra])
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
-
-
-def ml100k_args(data_root: Path) -> list[str]:
-    """Overrides turning the ML-1M HSTU config into a one-epoch ML-100K run."""
-    return ["--trainer.max_epochs=1", "--trainer.accelerator=cpu",
-            "--data.init_args.source=gr_lightning.data.MovieLens100K",
-            f"--data.init_args.source.init_args.root={data_root / 'ml-100k'}",
-            "--trainer.logger.init_args.experiment_name=ml-100k"]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> tuple[Path, str]:
-    """A demo run (2 epochs) and an ML-100K run (1 epoch) in one fresh SQLite store."""
-    workdir = tmp_path_factory.mktemp("analysis-runs")
-    uri = f"sqlite:///{workdir / 'mlruns.db'}"
-    tiny_fit(workdir, uri, DEMO, "--trainer.max_epochs=2")
-    tiny_fit(workdir, uri, ML1M_HSTU, *ml100k_args(data_root))
-    return workdir, uri
-
-
-def test_runs_table_has_one_row_per_run(store):
-    _, uri = store
+def test_runs_table_has_one_row_per_run(analysis_runs):
+    _, uri = analysis_runs
     table = analysis.runs_table(uri)
     assert len(table) == 2
     assert set(table["experiment"]) == {"demo", "ml-100k"}
@@ -76,8 +34,8 @@ def test_runs_table_has_one_row_per_run(store):
         analysis.runs_table(uri, experiment="missing")
 
 
-def test_metric_history_is_per_epoch(store):
-    _, uri = store
+def test_metric_history_is_per_epoch(analysis_runs):
+    _, uri = analysis_runs
     run_id = analysis.runs_table(uri, experiment="demo")["run_id"].iloc[0]
     history = analysis.metric_history(uri, run_id, "val/ndcg_10")
     assert len(history) == 2
@@ -88,8 +46,8 @@ def test_metric_history_is_per_epoch(store):
     assert analysis.metric_history(uri, run_id, "never/logged").empty
 
 
-def test_load_model_restores_the_checkpoint(store):
-    _, uri = store
+def test_load_model_restores_the_checkpoint(analysis_runs):
+    _, uri = analysis_runs
     ckpt = analysis.runs_table(uri, experiment="demo")["best_checkpoint"].iloc[0]
     model = analysis.load_model(ckpt)
     assert not model.training
@@ -110,8 +68,8 @@ def test_movie_titles_of_both_movielens_layouts(data_root):
         analysis.movie_titles(data_root)
 
 
-def test_user_history_and_top_k(store, data_root):
-    workdir, uri = store
+def test_user_history_and_top_k(analysis_runs, data_root):
+    workdir, uri = analysis_runs
     ckpt = analysis.runs_table(uri, experiment="ml-100k")["best_checkpoint"].iloc[0]
     model = analysis.load_model(ckpt)
     dm = analysis.movielens_datamodule(data_root / "ml-100k", model.hparams.max_seq_len, str(workdir / "cache"))
@@ -132,8 +90,8 @@ def test_user_history_and_top_k(store, data_root):
         analysis.user_history_and_top_k(model, dm, 10**9)
 
 
-def test_attention_biases_one_table_per_block(store):
-    _, uri = store
+def test_attention_biases_one_table_per_block(analysis_runs):
+    _, uri = analysis_runs
     model = analysis.load_model(analysis.runs_table(uri, experiment="demo")["best_checkpoint"].iloc[0])
     positional, temporal = analysis.attention_biases(model)
     blocks = [m for m in model.modules() if isinstance(m, HSTUBlock)]

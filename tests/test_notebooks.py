@@ -4,27 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nbclient
+import nbformat
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.test_analysis import DEMO, ML1M_HSTU, ml100k_args, tiny_fit
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
-pytest.importorskip("matplotlib")
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 CELL_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, data_root: Path) -> dict[str, str]:
-    """A 1-epoch demo run and a 1-epoch ML-100K run; returns the environment the notebooks read."""
-    workdir = tmp_path_factory.mktemp("notebook-runs")
-    uri = f"sqlite:///{workdir / 'mlruns.db'}"
-    tiny_fit(workdir, uri, DEMO, "--trainer.max_epochs=1")
-    tiny_fit(workdir, uri, ML1M_HSTU, *ml100k_args(data_root))
+def runs(analysis_runs: tuple[Path, str], data_root: Path) -> dict[str, str]:
+    """The environment the notebooks read: the shared tiny runs' store and the ML-100K run's checkpoint."""
+    workdir, uri = analysis_runs
     from gr_lightning.analysis import runs_table
 
     ckpt = runs_table(uri, experiment="ml-100k")["best_checkpoint"].iloc[0]

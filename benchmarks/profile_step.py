@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
 from functools import partial
 from pathlib import Path
@@ -32,6 +34,8 @@ def main() -> None:
     parser.add_argument("--kernel", default="pytorch")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--host-profile-rows", type=int, default=30,
+                        help="Python functions (cProfile, by own time) to keep in the JSON")
     args = parser.parse_args()
 
     cfg = yaml.safe_load(Path(args.config).read_text())
@@ -102,6 +106,26 @@ def main() -> None:
                "self_device_ms": sum(device_us) / 1e3,
                "top": [{"name": e.key, "calls": e.count, "cpu_ms": e.cpu_time_total / 1e3,
                         "device_ms": getattr(e, "device_time_total", 0.0) / 1e3} for e in top]}
+    # Host side: which Python functions take the step's wall time (a host sync shows up as the function
+    # that waits, e.g. Tensor.item or __int__, with a large own time).
+    host = cProfile.Profile()
+    t = time.perf_counter()
+    host.enable()
+    for b in train[: args.steps]:
+        train_step(b)
+    _sync()
+    host.disable()
+    host_ms = (time.perf_counter() - t) / args.steps * 1e3
+    stats = pstats.Stats(host)
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[: args.host_profile_rows]
+    profile["host"] = {
+        "steps": args.steps, "step_ms_under_cprofile": host_ms,
+        "top_own_time": [{"function": f"{Path(f).name}:{line}:{name}", "calls": nc, "own_ms": tt * 1e3 / args.steps,
+                          "cumulative_ms": ct * 1e3 / args.steps}
+                         for (f, line, name), (_, nc, tt, ct, _) in rows],
+    }
+    for row in profile["host"]["top_own_time"][:15]:
+        print(f"{row['own_ms']:8.2f} ms/step own {row['cumulative_ms']:8.2f} cum {row['calls']:6d} {row['function']}")
     result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
               "config": args.config, "kernel": args.kernel, "train_batches": len(train),
               "train_step_ms": train_ms, "val_pass_s": val_s, "first_pass_over_train_s": warmup_s,

@@ -6,8 +6,11 @@ from __future__ import annotations
 from functools import partial
 
 import pytest
+import torch
 import yaml
+from lightning.pytorch.plugins.precision import FSDPPrecision
 from torch import nn
+from torch.distributed.fsdp import MixedPrecision
 
 from gr_lightning.cli import main
 from gr_lightning.module import GRModule
@@ -68,15 +71,52 @@ def test_strategy_derives_wrap_and_checkpointing_policies_from_the_model():
     assert set(plain.kwargs["auto_wrap_policy"]._module_classes) == {HSTUBlock}
 
 
+def _mixed_precision(precision: str, **kwargs) -> MixedPrecision | None:
+    strategy = BackboneFSDPStrategy(**kwargs)
+    strategy.precision_plugin = FSDPPrecision(precision)
+    return strategy.mixed_precision_config
+
+
+def _dtypes(config: MixedPrecision) -> tuple[torch.dtype, torch.dtype, torch.dtype]:
+    return config.param_dtype, config.reduce_dtype, config.buffer_dtype
+
+
+def test_mixed_precision_gathers_and_reduces_float32_by_default_as_ddp_does():
+    fp32, bf16, fp16 = torch.float32, torch.bfloat16, torch.float16
+    assert _dtypes(_mixed_precision("bf16-mixed")) == (fp32, fp32, fp32)  # autocast computes in bf16
+    assert _dtypes(_mixed_precision("16-mixed")) == (fp32, fp32, fp32)
+    assert _dtypes(_mixed_precision("bf16-mixed", param_dtype="bfloat16")) == (bf16, bf16, bf16)  # Lightning's
+    assert _dtypes(_mixed_precision("16-mixed", param_dtype="float16")) == (fp16, fp16, fp16)
+    for precision in ("32-true", "bf16-true"):  # the "-true" precisions keep Lightning's config
+        lightning_default = FSDPPrecision(precision).mixed_precision_config
+        assert _dtypes(_mixed_precision(precision)) == _dtypes(lightning_default)
+    assert _dtypes(_mixed_precision("32-true", param_dtype="float32")) == (fp32, fp32, fp32)
+
+
+def test_an_explicit_mixed_precision_object_wins_over_param_dtype():
+    mine = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    assert _mixed_precision("bf16-mixed", mixed_precision=mine) is mine
+    assert _mixed_precision("bf16-mixed", mixed_precision=mine, param_dtype="float16") is mine
+
+
+def test_bad_param_dtype_is_an_error_naming_the_allowed_values():
+    with pytest.raises(ValueError, match=r"param_dtype='bf16'.*\['bfloat16', 'float16', 'float32'\]"):
+        BackboneFSDPStrategy(param_dtype="bf16")
+    with pytest.raises(ValueError, match="param_dtype='float32' under precision='bf16-true'"):
+        _mixed_precision("bf16-true", param_dtype="float32")
+
+
 def test_strategy_and_precision_are_chosen_in_yaml(capsys):
     args = ["fit", "--config", str(REPO_ROOT / "conf" / "demo.yaml"), "--trainer.precision=bf16-mixed",
             "--trainer.num_nodes=2", "--trainer.strategy=gr_lightning.strategies.BackboneFSDPStrategy",
-            "--trainer.strategy.activation_checkpointing=true", "--print_config"]
+            "--trainer.strategy.activation_checkpointing=true", "--trainer.strategy.param_dtype=bfloat16",
+            "--print_config"]
     with pytest.raises(SystemExit):
         main(args)
     config = yaml.safe_load(capsys.readouterr().out)["trainer"]
     assert config["strategy"]["class_path"] == "gr_lightning.strategies.BackboneFSDPStrategy"
     assert config["strategy"]["init_args"]["activation_checkpointing"] is True
+    assert config["strategy"]["init_args"]["param_dtype"] == "bfloat16"
     assert config["precision"] == "bf16-mixed" and config["num_nodes"] == 2
 
 

@@ -7,7 +7,10 @@ positional and temporal bias, bf16, eval mode) scores 256 candidates behind a 40
 - full: one forward pass over history + candidates with the target-aware mask (what a ranking request
   costs without a cache);
 - prefill: encoding the histories into a cache of capacity max_seq_len (once per user, reported separately);
-- cached: scoring the candidates from the prefilled cache (``HSTU.score_candidates``).
+- cached: scoring the candidates from the prefilled cache (``HSTU.score_candidates``);
+- full_graph, cached_graph (CUDA only): the same two calls captured once as CUDA graphs
+  (``gr_lightning.serving.graphs``) and replayed: small batches are bound by kernel launches, which a graph
+  replays with one call. The replayed outputs are compared with the eager ones.
 
 Both kernels (pytorch reference, triton). The cached outputs are compared with the full ones (max abs
 error, and that over the largest full output), in bf16 at the benchmark shape and in fp32 on a smaller
@@ -32,6 +35,7 @@ from dataclasses import asdict, dataclass
 import torch
 import triton
 
+from gr_lightning.serving.graphs import GraphedCall, candidate_scoring_graph
 from gr_lightning.zoo.hstu import HSTU
 
 
@@ -103,6 +107,33 @@ def cached_scores(model: HSTU, cache, inp: dict) -> torch.Tensor:
                                   inp["query_times"])
 
 
+def full_graph(model: HSTU, inp: dict) -> GraphedCall:
+    """:func:`full_scores` captured as a CUDA graph; replay with the batch's tensors."""
+    per_user = inp["history"] + inp["candidates"]
+
+    def run(x, offsets, ts, num_targets, query_times):
+        out = model(x, offsets, per_user, ts, query_times, num_targets=num_targets)
+        return out.view(inp["batch"], per_user, -1)[:, inp["history"]:].reshape(-1, out.shape[-1])
+
+    return GraphedCall(run, dict(x=inp["x_full"], offsets=inp["offsets_full"], ts=inp["ts_full"],
+                                 num_targets=inp["num_targets"], query_times=inp["query_times"]))
+
+
+def replay_full(graph: GraphedCall, inp: dict) -> torch.Tensor:
+    return graph(x=inp["x_full"], offsets=inp["offsets_full"], ts=inp["ts_full"], num_targets=inp["num_targets"],
+                 query_times=inp["query_times"])
+
+
+def cached_graph(model: HSTU, cache, inp: dict) -> GraphedCall:
+    return candidate_scoring_graph(model, cache, inp["x_cand"], inp["offsets_cand"], inp["candidates"],
+                                   inp["ts_cand"], inp["query_times"])
+
+
+def replay_cached(graph: GraphedCall, inp: dict) -> torch.Tensor:
+    return graph(x=inp["x_cand"], offsets=inp["offsets_cand"], timestamps=inp["ts_cand"],
+                 query_times=inp["query_times"])
+
+
 def errors(got: torch.Tensor, want: torch.Tensor) -> dict:
     diff = (got.double() - want.double()).abs()
     scale = want.double().abs().max().clamp_min(1e-30)
@@ -146,6 +177,35 @@ def bench_batch(model: HSTU, shape: Shape, batch: int, dtype: torch.dtype, devic
     if full is not None and cached is not None:
         run.update(errors(cached, full))
         run["speedup"] = run["full"]["ms"] / run["cached"]["ms"]
+    if device != "cuda":
+        run["graphs"] = {"skipped": "CUDA graphs need a CUDA device"}
+        return run
+    # Fresh inputs of the same shapes for the replays, so a graph that ignored its inputs would fail the check.
+    again = make_inputs(shape, batch, shape.history, shape.candidates, dtype, device, seed=200 + batch)
+    cache = prefill(model, again)
+    graphs: dict = {}
+    status, graph = measure(lambda: full_graph(model, inp), device, timed=False)
+    if graph is not None:
+        graphs["full_graph"], replayed = measure(lambda: replay_full(graph, again), device)
+        if replayed is not None:
+            graphs["full_graph_vs_eager"] = errors(replayed, full_scores(model, again))
+        del graph
+    else:
+        graphs["full_graph"] = status
+    status, graph = measure(lambda: cached_graph(model, cache, inp), device, timed=False)
+    if graph is not None:
+        graphs["cached_graph"], replayed = measure(lambda: replay_cached(graph, again), device)
+        if replayed is not None:
+            graphs["cached_graph_vs_eager"] = errors(replayed, cached_scores(model, cache, again))
+            graphs["cached_graph_vs_full"] = errors(replayed, full_scores(model, again))
+    else:
+        graphs["cached_graph"] = status
+    ms = {k: graphs[k].get("ms") for k in ("full_graph", "cached_graph")}
+    if ms["cached_graph"] and ms["full_graph"]:
+        graphs["speedup"] = ms["full_graph"] / ms["cached_graph"]
+    if ms["cached_graph"] and "ms" in run["full"]:
+        graphs["speedup_over_eager_full"] = run["full"]["ms"] / ms["cached_graph"]
+    run["graphs"] = graphs
     return run
 
 
@@ -221,8 +281,9 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.cuda.empty_cache()
             save()
     save()
-    print("\n| kernel | batch | full ms | prefill ms | cached ms | speedup | max rel err |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| kernel | batch | full ms | prefill ms | cached ms | speedup | max rel err | graphs: full ms | "
+          "cached ms | speedup |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for run in result["runs"]:
         if "skipped" in run:
             print(f"| {run['kernel']} | skipped: {run['skipped']} | | | | | |")
@@ -231,7 +292,12 @@ def main(argv: list[str] | None = None) -> dict:
         cells = [f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells]
         speed = f"{run['speedup']:.1f}x" if "speedup" in run else "-"
         err = f"{run['max_rel_err']:.1e}" if "max_rel_err" in run else "-"
-        print(f"| {run['kernel']} | {run['batch']} | {' | '.join(cells)} | {speed} | {err} |")
+        g = run.get("graphs", {})
+        gcells = [g.get(k, {}).get("ms") for k in ("full_graph", "cached_graph")]
+        gcells = [f"{c:.3f}" if isinstance(c, float) else "-" for c in gcells]
+        gspeed = f"{g['speedup']:.1f}x" if "speedup" in g else "-"
+        print(f"| {run['kernel']} | {run['batch']} | {' | '.join(cells)} | {speed} | {err} | {' | '.join(gcells)} "
+              f"| {gspeed} |")
     return result
 
 

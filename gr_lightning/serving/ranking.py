@@ -20,6 +20,7 @@ from torch import Tensor
 
 from gr_lightning.ops.jagged import seq_index
 from gr_lightning.serving.cache import KVCache
+from gr_lightning.serving.graphs import GraphedCall, capturing
 
 if TYPE_CHECKING:
     from gr_lightning.data.ranking import RankingBatch
@@ -51,6 +52,11 @@ class RankingScorer:
     def _check_request(self, cache: KVCache, query_times: Tensor | None) -> None:
         """With contextual tokens (timestamped at the request) the cache fits one request time only."""
         if cache.request_times is None:
+            return
+        if query_times is not None and capturing():  # comparing values reads the device: shapes only
+            if query_times.shape != cache.request_times.shape:
+                raise ValueError(f"query_times {tuple(query_times.shape)} do not match the cache's request times "
+                                 f"{tuple(cache.request_times.shape)}")
             return
         if query_times is None or query_times.shape != cache.request_times.shape or \
                 bool((query_times != cache.request_times).any()):
@@ -91,7 +97,7 @@ class RankingScorer:
 
     @torch.no_grad()
     def score(self, cache: KVCache, candidates: Tensor, candidate_timestamps: Tensor, candidate_offsets: Tensor,
-              query_times: Tensor | None = None) -> Tensor:
+              query_times: Tensor | None = None, max_candidates: int | None = None) -> Tensor:
         """Predictions ``(sum_K, T)`` at the candidates (logits of binary tasks), as the module's forward gives.
 
         Args:
@@ -100,17 +106,54 @@ class RankingScorer:
             candidate_timestamps: ``(sum_K,)``.
             candidate_offsets: ``(B+1,)``.
             query_times: ``(B,)`` request times, as the batch's.
+            max_candidates: Most candidates of any example if known (saves reading the offsets back from
+                the device), else None.
 
         """
         cache.check_batch(candidate_offsets.numel() - 1, "candidate_offsets")
         self._check_request(cache, query_times)
         seq, k = seq_index(candidate_offsets, candidates.numel())  # (sum_K,) each
         x = self._encode(self.module.preprocessor.item_embedding, candidates, cache.history_lengths[seq] + k)
-        counts = candidate_offsets[1:] - candidate_offsets[:-1]  # (B,)
-        max_k = int(counts.max()) if counts.numel() else 0
+        max_k = max_candidates
+        if max_k is None:
+            counts = candidate_offsets[1:] - candidate_offsets[:-1]  # (B,)
+            max_k = int(counts.max()) if counts.numel() else 0
         out = self.module.backbone.score_candidates(cache, x, candidate_offsets, max_k, candidate_timestamps,
                                                     query_times)  # (sum_K, D)
         return self.module.head(out)  # (sum_K, T)
+
+    def capture(self, cache: KVCache, candidates: Tensor, candidate_timestamps: Tensor, candidate_offsets: Tensor,
+                query_times: Tensor | None = None, max_candidates: int | None = None) -> GraphedCall:
+        """:meth:`score` for one candidate layout captured as a CUDA graph (for launch-bound small batches).
+
+        The example request is scored eagerly first (checking it). Replay with
+        ``graph(candidates=..., candidate_timestamps=..., candidate_offsets=...)`` (plus ``query_times=`` if
+        given here): the same number of candidates and examples, at most ``max_candidates`` per example
+        (default: the example's most). Replays read the cache's current contents, appends included.
+
+        Args:
+            cache: From :meth:`prefill`, on CUDA.
+            candidates: ``(sum_K,)`` example item ids.
+            candidate_timestamps: ``(sum_K,)``.
+            candidate_offsets: ``(B+1,)``.
+            query_times: ``(B,)`` example request times, or None.
+            max_candidates: Most candidates of any example in later requests.
+
+        """
+        if max_candidates is None:
+            counts = candidate_offsets[1:] - candidate_offsets[:-1]  # (B,)
+            max_candidates = int(counts.max()) if counts.numel() else 0
+        self.score(cache, candidates, candidate_timestamps, candidate_offsets, query_times, max_candidates)
+        inputs = dict(candidates=candidates, candidate_timestamps=candidate_timestamps,
+                      candidate_offsets=candidate_offsets)
+        if query_times is not None:
+            inputs["query_times"] = query_times
+
+        def score(candidates: Tensor, candidate_timestamps: Tensor, candidate_offsets: Tensor,
+                  query_times: Tensor | None = None) -> Tensor:
+            return self.score(cache, candidates, candidate_timestamps, candidate_offsets, query_times, max_candidates)
+
+        return GraphedCall(score, inputs)
 
     @torch.no_grad()
     def score_batch(self, cache: KVCache, batch: RankingBatch) -> Tensor:

@@ -15,6 +15,7 @@ from torch import Tensor
 from gr_lightning.ops.jagged import seq_index
 from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
 from gr_lightning.serving.cache import KVCache
+from gr_lightning.serving.graphs import capturing
 
 
 class IncrementalHSTU:
@@ -28,11 +29,15 @@ class IncrementalHSTU:
                                "and the full outputs differ")
         if offsets.ndim != 1 or offsets.numel() < 1:
             raise ValueError(f"{what}: offsets must be a 1-D tensor of length B+1, got shape {tuple(offsets.shape)}")
-        total = int(offsets[-1])
-        if x.ndim != 2 or x.shape != (total, self.dim):
-            raise ValueError(f"{what}: x must be (offsets[-1], dim) = ({total}, {self.dim}), got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"{what}: x must be (rows, dim = {self.dim}), got {tuple(x.shape)}")
+        total = x.shape[0]
         if timestamps.shape != (total,):
-            raise ValueError(f"{what}: timestamps must be ({total},), got {tuple(timestamps.shape)}")
+            raise ValueError(f"{what}: timestamps must be ({total},) like x's rows, got {tuple(timestamps.shape)}")
+        # Reading offsets[-1] waits for the device, which a CUDA-graph capture forbids: a captured call is
+        # checked by its graph (serving.graphs), which fixes the row count.
+        if not capturing() and int(offsets[-1]) != total:
+            raise ValueError(f"{what}: offsets[-1] = {int(offsets[-1])} but x has {total} rows")
         if cache is not None:
             cache.check_batch(offsets.numel() - 1, f"the offsets of the {what}")
             if len(cache.keys) != len(self.blocks):
@@ -230,7 +235,9 @@ class IncrementalHSTU:
         out = self._run(cache, rows, row_offsets, max_len + 1, row_ts, query_times=query_times, num_targets=None,
                         keep=pos < counts[seq])
         last = row_offsets[1:] - 1  # (B,)
-        cache.pending, cache.pending_timestamps = rows[last], row_ts[last]
+        # In place: a captured scoring graph (serving.graphs) reads these very buffers on its next replay.
+        cache.pending.copy_(rows[last])
+        cache.pending_timestamps.copy_(row_ts[last])
         return out[last]
 
     @torch.no_grad()

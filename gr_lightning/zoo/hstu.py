@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from gr_lightning import ops
 from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
+from gr_lightning.serving.graphs import capturing
 from gr_lightning.zoo import Backbone
 from gr_lightning.zoo._hstu_incremental import IncrementalHSTU
 
@@ -229,7 +230,7 @@ class HSTU(IncrementalHSTU, Backbone):
                 query_times: Tensor | None = None, *, num_targets: Tensor | None = None,
                 num_contextual: int = 0) -> Tensor:
         """Run every block; see :meth:`Backbone.forward` (target-aware and contextual-prefix masks supported)."""
-        if num_targets is not None:
+        if num_targets is not None and not capturing():  # the check reads the device: not while capturing a graph
             lengths = offsets[1:] - offsets[:-1]
             too_long = torch.nonzero(num_targets + num_contextual > lengths).flatten()
             if too_long.numel():

@@ -111,8 +111,11 @@ def test_appending_events_then_scoring_equals_full_recompute(kernel):
     full = model(x, offsets, max_len, ts, users.query_times)
     torch.testing.assert_close(last, full[offsets[1:] - 1], **tol)
     torch.testing.assert_close(model.last_output(cache, users.query_times), full[offsets[1:] - 1], **tol)
+    pending = (cache.pending.data_ptr(), cache.pending_timestamps.data_ptr())
     model.append(cache, *users.rows(second, hist))
     assert cache.history_lengths.tolist() == hist
+    # Appends write the pending row in place: a captured scoring graph reads these buffers.
+    assert (cache.pending.data_ptr(), cache.pending_timestamps.data_ptr()) == pending
     torch.testing.assert_close(cached_candidates(model, cache, users, hist, total),
                                full_candidates(model, users, hist, total), **tol)
 
@@ -166,6 +169,8 @@ def test_bad_input_gives_clear_errors():
         model.score_candidates(cache, x, offsets, max_len, ts[:-1])
     with pytest.raises(ValueError, match="query_times must be"):
         model.score_candidates(cache, x, offsets, max_len, ts, torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"offsets\[-1\] = 6 but x has 5 rows"):
+        model.score_candidates(cache, x[:-1], offsets, max_len, ts[:-1])
     with pytest.raises(ValueError, match="history 1 has 0 rows"):
         model.prefill(*users.rows([0, 0, 0], [2, 0, 1]))
     with pytest.raises(ValueError, match="capacity 4"):

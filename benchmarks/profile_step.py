@@ -72,11 +72,16 @@ def main() -> None:
         train_step(b)
     _sync()
     warmup_s = time.perf_counter() - t
-    t = time.perf_counter()
-    for b in train[: args.steps]:
-        train_step(b)
-    _sync()
-    train_ms = (time.perf_counter() - t) / args.steps * 1e3
+    # Two timed passes: the first one after the warm-up has been seen to run 10x slower on the GPU (a one-off
+    # after tuning, not understood yet), so both are recorded and the second one is the step time.
+    passes_ms = []
+    for _ in range(2):
+        t = time.perf_counter()
+        for b in train[: args.steps]:
+            train_step(b)
+        _sync()
+        passes_ms.append((time.perf_counter() - t) / args.steps * 1e3)
+    train_ms = passes_ms[-1]
     model.eval()
     with torch.no_grad():
         for b in val:
@@ -128,7 +133,8 @@ def main() -> None:
         print(f"{row['own_ms']:8.2f} ms/step own {row['cumulative_ms']:8.2f} cum {row['calls']:6d} {row['function']}")
     result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
               "config": args.config, "kernel": args.kernel, "train_batches": len(train),
-              "train_step_ms": train_ms, "val_pass_s": val_s, "first_pass_over_train_s": warmup_s,
+              "train_step_ms": train_ms, "timed_passes_ms": passes_ms, "val_pass_s": val_s,
+              "first_pass_over_train_s": warmup_s,
               "epoch_estimate_s": train_ms * len(train) / 1e3 + val_s, "profile": profile}
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}))
     if args.out:

@@ -97,14 +97,21 @@ def _print_kv_cache(path: Path) -> None:
     print(f"\n## KV-cached candidate scoring (`bench_kv_cache.py`, {data['device']})\n")
     print(f"{m['num_blocks']} blocks, D={m['dim']}, {m['num_heads']} heads x {m['head_dim']}, {m['dtype']}, "
           f"history {m['history']} + {m['candidates']} candidates; median ms.\n")
-    print("| kernel | batch | full recompute | prefill | cached | speedup | max rel err | file |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("Eager calls, and the same calls replayed as CUDA graphs (`gr_lightning.serving.graphs`).\n")
+    print("| kernel | batch | full recompute | prefill | cached | speedup | graph: full | graph: cached | "
+          "graph speedup | max rel err | file |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in data["runs"]:
         if "speedup" not in r:
-            print(f"| {r['kernel']} | {r.get('batch', '')} | {r.get('skipped', 'failed')} | | | | | `{path.name}` |")
+            print(f"| {r['kernel']} | {r.get('batch', '')} | {r.get('skipped', 'failed')} | | | | | | | | "
+                  f"`{path.name}` |")
             continue
+        g = r.get("graphs", {})
+        graph = [f"{g[k]['ms']:.2f}" if "ms" in g.get(k, {}) else "-" for k in ("full_graph", "cached_graph")]
+        graph.append(f"{g['speedup']:.1f}x" if "speedup" in g else "-")
         print(f"| {r['kernel']} | {r['batch']} | {r['full']['ms']:.2f} | {r['prefill']['ms']:.2f} | "
-              f"{r['cached']['ms']:.2f} | {r['speedup']:.1f}x | {r['max_rel_err']:.1e} | `{path.name}` |")
+              f"{r['cached']['ms']:.2f} | {r['speedup']:.1f}x | {' | '.join(graph)} | {r['max_rel_err']:.1e} | "
+              f"`{path.name}` |")
 
 
 def _print_scale_out(path: Path) -> None:

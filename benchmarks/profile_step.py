@@ -26,6 +26,35 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _graph_check(model: GRModule, batch) -> dict:
+    """Max relative error of a replayed backbone forward and backward against the eager one (dropout off)."""
+    from gr_lightning.graphed_backbone import GraphedBackbone
+
+    blocks = [m for m in model.backbone.modules() if isinstance(getattr(m, "dropout", None), float)]
+    saved = [m.dropout for m in blocks]
+    for m in blocks:
+        m.dropout = 0.0
+    gen = torch.Generator(device=batch.items.device).manual_seed(0)
+    x = torch.randn(batch.items.numel(), model.hparams.embedding_dim, device=batch.items.device, generator=gen)
+    weights = torch.randn(x.shape, device=x.device, generator=gen)
+    params = [p for p in model.backbone.parameters() if p.requires_grad]
+
+    def run(fn):
+        leaf = x.clone().requires_grad_(True)
+        out = fn(leaf, batch.offsets, batch.max_len, batch.timestamps, batch.query_times)
+        return [out, *torch.autograd.grad((out * weights).sum(), [leaf, *params], allow_unused=True)]
+
+    eager = run(model.backbone)
+    graphed = GraphedBackbone(model.backbone)
+    run(graphed)  # captures
+    replay = run(graphed)
+    for m, p in zip(blocks, saved, strict=True):
+        m.dropout = p
+    errs = [float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(replay, eager, strict=True)
+            if b is not None]
+    return {"max_rel_err_output": errs[0], "max_rel_err_grads": max(errs[1:]), "tensors_compared": len(errs)}
+
+
 def main() -> None:
     """Build the model of a config, time train and eval steps, print the top profiler rows."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -33,6 +62,9 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--kernel", default="pytorch")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay the backbone from CUDA graphs (GRModule(cuda_graphs=True)); first checks a "
+                             "replayed forward and backward against an eager one")
     parser.add_argument("--out", default=None)
     parser.add_argument("--host-profile-rows", type=int, default=30,
                         help="Python functions (cProfile, by own time) to keep in the JSON")
@@ -50,7 +82,8 @@ def main() -> None:
                              max_seq_len=cfg["data"]["init_args"]["max_seq_len"], cache_dir="/tmp/gr-cache")
     dm.setup("fit")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = GRModule(partial(cls, **bb_args), dm.num_items, dm.max_seq_len, **model_cfg).to(device)
+    model = GRModule(partial(cls, **bb_args), dm.num_items, dm.max_seq_len, cuda_graphs=args.cuda_graphs,
+                     **model_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     train = [b for b in dm.train_dataloader()]
     val = [b for b in dm.val_dataloader()]
@@ -65,6 +98,9 @@ def main() -> None:
 
     model.log = lambda *a, **k: None  # no trainer attached: skip Lightning logging
     model.train()
+    graph_check = _graph_check(model, move(train[0], device, 0)) if args.cuda_graphs else None
+    if graph_check is not None:
+        print("graph check", graph_check, flush=True)
     # Warm up on every batch once, so that the timed steps exclude compiling and autotuning each length
     # bucket (the Triton kernels tune once per power-of-two bucket of max_len); that cost is reported apart.
     t = time.perf_counter()
@@ -133,6 +169,8 @@ def main() -> None:
         print(f"{row['own_ms']:8.2f} ms/step own {row['cumulative_ms']:8.2f} cum {row['calls']:6d} {row['function']}")
     result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
               "config": args.config, "kernel": args.kernel, "train_batches": len(train),
+              "cuda_graphs": args.cuda_graphs, "graph_check": graph_check,
+              "graphs_captured": model._graphed.num_graphs if model._graphed is not None else 0,
               "train_step_ms": train_ms, "timed_passes_ms": passes_ms, "val_pass_s": val_s,
               "first_pass_over_train_s": warmup_s,
               "epoch_estimate_s": train_ms * len(train) / 1e3 + val_s, "profile": profile}

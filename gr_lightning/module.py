@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from gr_lightning.batch import JaggedBatch
 from gr_lightning.compilation import compile_backbone_blocks
+from gr_lightning.graphed_backbone import GraphedBackbone
 from gr_lightning.metrics import DEFAULT_HR_KS, DEFAULT_NDCG_KS, RetrievalMetrics, target_ranks
 from gr_lightning.nn import PositionalInputEncoder, SampledSoftmaxLoss, next_item_pairs
 from gr_lightning.retrieval_topk import chunked_top_k
@@ -61,6 +62,10 @@ class GRModule(L.LightningModule):
             length; see :mod:`gr_lightning.compilation`), applied in ``configure_model`` so FSDP wraps the
             compiled blocks.
         compile_options: Extra ``torch.compile`` arguments, e.g. ``{"mode": "max-autotune-no-cudagraphs"}``.
+        cuda_graphs: Replay the backbone's training forward and backward from CUDA graphs (one per padded
+            batch shape, see :mod:`gr_lightning.graphed_backbone`): for small models whose steps are bound by
+            kernel launches. CUDA only; evaluation stays eager.
+        graph_row_bucket: With ``cuda_graphs``, batch rows are padded up to a multiple of this.
 
     """
 
@@ -86,10 +91,17 @@ class GRModule(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         compile_backbone: bool = False,
         compile_options: dict[str, Any] | None = None,
+        cuda_graphs: bool = False,
+        graph_row_bucket: int = 2048,
     ) -> None:
         super().__init__()
         if num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {num_items} (is the DataModule linked?)")
+        if cuda_graphs and compile_backbone:
+            raise ValueError("choose cuda_graphs or compile_backbone, not both (compile has its own CUDA-graph "
+                             "mode: compile_options={'mode': 'reduce-overhead'})")
+        if graph_row_bucket < 1:
+            raise ValueError(f"graph_row_bucket must be >= 1, got {graph_row_bucket}")
         # Under LightningCLI the hparams are the config as given (class_path + init_args), so a checkpoint
         # carries everything `--ckpt_path` needs to rebuild the model; logging them is the CLI callback's job.
         self.save_hyperparameters(logger=False)
@@ -106,6 +118,8 @@ class GRModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.compile_backbone, self.compile_options = compile_backbone, compile_options
+        self.cuda_graphs, self.graph_row_bucket = cuda_graphs, graph_row_bucket
+        self._graphed: GraphedBackbone | None = None  # built at the first CUDA training step
         self.val_metrics = RetrievalMetrics(hr_ks, ndcg_ks)
         self.test_metrics = RetrievalMetrics(hr_ks, ndcg_ks)
 
@@ -114,7 +128,12 @@ class GRModule(L.LightningModule):
     def encode(self, batch: JaggedBatch) -> Tensor:
         """L2-normalised backbone output at every event. ``(sum_N, D)``."""
         x = self.input_encoder(self.item_embedding(batch.items), batch.offsets)
-        out = self.backbone(x, batch.offsets, batch.max_len, batch.timestamps, batch.query_times)
+        backbone = self.backbone
+        if self.cuda_graphs and self.training and x.is_cuda:
+            if self._graphed is None:
+                self._graphed = GraphedBackbone(self.backbone, self.graph_row_bucket)
+            backbone = self._graphed
+        out = backbone(x, batch.offsets, batch.max_len, batch.timestamps, batch.query_times)
         return F.normalize(out, dim=-1)
 
     def item_table(self) -> Tensor:

@@ -2,7 +2,8 @@
 
 One pass reads ``attn`` and ``u`` and writes ``y``; only the per-row mean and inverse standard deviation
 are kept for the backward (``2 * 4`` bytes a row). The dropout mask is a Philox draw keyed by a seed and
-the element's index, regenerated in the backward instead of stored. :func:`layer_norm` is the same
+the element's index, regenerated in the backward instead of stored; the seed is drawn on the device, so a
+CUDA graph that replays the kernel draws a new mask each replay. :func:`layer_norm` is the same
 kernel without gate and dropout (the block's input norm, no affine).
 """
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 @triton.jit
 def _norm_mul_dropout_fwd_kernel(
-    X, U, Y, Mean, Rstd, n_rows, n_cols, stride_x, stride_u, stride_y, eps, p_drop, seed,
+    X, U, Y, Mean, Rstd, n_rows, n_cols, stride_x, stride_u, stride_y, eps, p_drop, Seed,
     HAS_U: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -31,7 +32,7 @@ def _norm_mul_dropout_fwd_kernel(
     if HAS_U:
         y *= tl.load(U + rows64[:, None] * stride_u + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if DROPOUT:
-        keep = tl.rand(seed, rows64[:, None] * n_cols + cols[None, :]) >= p_drop
+        keep = tl.rand(tl.load(Seed), rows64[:, None] * n_cols + cols[None, :]) >= p_drop
         y = tl.where(keep, y / (1.0 - p_drop), 0.0)
     tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
     tl.store(Mean + rows, mean, mask=rows < n_rows)
@@ -41,7 +42,7 @@ def _norm_mul_dropout_fwd_kernel(
 @triton.jit
 def _norm_mul_dropout_bwd_kernel(
     DY, X, U, Mean, Rstd, DX, DU, n_rows, n_cols, stride_dy, stride_x, stride_u, stride_dx, stride_du,
-    p_drop, seed,
+    p_drop, Seed,
     HAS_U: tl.constexpr, DROPOUT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -50,7 +51,7 @@ def _norm_mul_dropout_bwd_kernel(
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if DROPOUT:
-        keep = tl.rand(seed, rows64[:, None] * n_cols + cols[None, :]) >= p_drop
+        keep = tl.rand(tl.load(Seed), rows64[:, None] * n_cols + cols[None, :]) >= p_drop
         dy = tl.where(keep, dy / (1.0 - p_drop), 0.0)
     x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     mean = tl.load(Mean + rows, mask=rows < n_rows, other=0.0)
@@ -84,7 +85,7 @@ def _rows(x: Tensor) -> Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def _forward(x: Tensor, u: Tensor | None, eps: float, p_drop: float, seed: int):
+def _forward(x: Tensor, u: Tensor | None, eps: float, p_drop: float, seed: Tensor | None):
     x2 = _rows(x)
     u2 = _rows(u) if u is not None else x2
     n_rows, n_cols = x2.shape
@@ -95,14 +96,15 @@ def _forward(x: Tensor, u: Tensor | None, eps: float, p_drop: float, seed: int):
         block_r, block_c, warps = _launch_params(n_cols)
         _norm_mul_dropout_fwd_kernel[(triton.cdiv(n_rows, block_r),)](
             x2, u2, y, mean, rstd, n_rows, n_cols, x2.stride(0), u2.stride(0), y.stride(0), float(eps),
-            float(p_drop), seed, HAS_U=u is not None, DROPOUT=p_drop > 0.0, BLOCK_R=block_r, BLOCK_C=block_c,
+            float(p_drop), x2 if seed is None else seed, HAS_U=u is not None, DROPOUT=p_drop > 0.0, BLOCK_R=block_r,
+            BLOCK_C=block_c,
             num_warps=warps,
         )
     return y.view(x.shape), x2, u2, mean, rstd
 
 
 def _backward(dy: Tensor, x2: Tensor, u2: Tensor | None, mean: Tensor, rstd: Tensor, p_drop: float,
-              seed: int):
+              seed: Tensor | None):
     dy2 = _rows(dy)
     n_rows, n_cols = x2.shape
     dx = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)  # (rows, n_cols)
@@ -112,7 +114,7 @@ def _backward(dy: Tensor, x2: Tensor, u2: Tensor | None, mean: Tensor, rstd: Ten
         _norm_mul_dropout_bwd_kernel[(triton.cdiv(n_rows, block_r),)](
             dy2, x2, u2 if u2 is not None else x2, mean, rstd, dx, du, n_rows, n_cols, dy2.stride(0),
             x2.stride(0), (u2 if u2 is not None else x2).stride(0), dx.stride(0), du.stride(0),
-            float(p_drop), seed, HAS_U=u2 is not None, DROPOUT=p_drop > 0.0, BLOCK_R=block_r,
+            float(p_drop), x2 if seed is None else seed, HAS_U=u2 is not None, DROPOUT=p_drop > 0.0, BLOCK_R=block_r,
             BLOCK_C=block_c, num_warps=warps,
         )
     return dx, (du if u2 is not None else None)
@@ -122,23 +124,27 @@ class _NormMulDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, u, eps, p_drop, seed):
         y, x2, u2, mean, rstd = _forward(x, u, eps, p_drop, seed)
-        ctx.save_for_backward(x2, u2 if u is not None else None, mean, rstd)
-        ctx.p_drop, ctx.seed, ctx.shapes = p_drop, seed, (x.shape, None if u is None else u.shape)
+        ctx.save_for_backward(x2, u2 if u is not None else None, mean, rstd, seed)
+        ctx.p_drop, ctx.shapes = p_drop, (x.shape, None if u is None else u.shape)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x2, u2, mean, rstd = ctx.saved_tensors
-        dx, du = _backward(dy, x2, u2, mean, rstd, ctx.p_drop, ctx.seed)
+        x2, u2, mean, rstd, seed = ctx.saved_tensors
+        dx, du = _backward(dy, x2, u2, mean, rstd, ctx.p_drop, seed)
         x_shape, u_shape = ctx.shapes
         return dx.view(x_shape), (du.view(u_shape) if du is not None else None), None, None, None
 
 
-def _seed(dropout: float, training: bool) -> int:
-    """Draw the Philox seed from torch's CPU generator (no device sync; reproducible with manual_seed)."""
+def _seed(dropout: float, training: bool, device: torch.device) -> Tensor | None:
+    """Draw the Philox seed with the device's generator: ``(1,)`` int64, or None without dropout.
+
+    On the device, not the host: no sync, reproducible with ``manual_seed``, and a CUDA graph that replays
+    the draw gets a new seed each replay (a host-drawn seed would be baked into the graph).
+    """
     if not training or dropout <= 0.0:
-        return 0
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+        return None
+    return torch.randint(0, 2**31 - 1, (1,), device=device)
 
 
 def norm_mul_dropout(attn: Tensor, u: Tensor, eps: float, dropout: float, training: bool) -> Tensor:
@@ -160,7 +166,7 @@ def norm_mul_dropout(attn: Tensor, u: Tensor, eps: float, dropout: float, traini
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     p_drop = float(dropout) if training else 0.0
-    return _NormMulDropout.apply(attn, u, float(eps), p_drop, _seed(dropout, training))
+    return _NormMulDropout.apply(attn, u, float(eps), p_drop, _seed(dropout, training, attn.device))
 
 
 def layer_norm(x: Tensor, eps: float) -> Tensor:
@@ -174,7 +180,7 @@ def layer_norm(x: Tensor, eps: float) -> Tensor:
         ``(..., D)`` in the dtype of ``x``.
 
     """
-    return _NormMulDropout.apply(x, None, float(eps), 0.0, 0)
+    return _NormMulDropout.apply(x, None, float(eps), 0.0, None)
 
 
 __all__ = ["layer_norm", "norm_mul_dropout"]

@@ -42,12 +42,15 @@ def _graph_check(model: GRModule, batch) -> dict:
     def run(fn):
         leaf = x.clone().requires_grad_(True)
         out = fn(leaf, batch.offsets, batch.max_len, batch.timestamps, batch.query_times)
-        return [out, *torch.autograd.grad((out * weights).sum(), [leaf, *params], allow_unused=True)]
+        grads = torch.autograd.grad((out * weights).sum(), [leaf, *params], allow_unused=True)
+        # Detached: a live eager autograd graph keeps the parameters' AccumulateGrad nodes on the default
+        # stream, and a later capture on the graph's side stream would then have to sync with it (illegal).
+        return [out.detach(), *grads]
 
-    eager = run(model.backbone)
     graphed = GraphedBackbone(model.backbone)
-    run(graphed)  # captures
+    run(graphed)  # captures (in training, the first step's graph is the first backward too)
     replay = run(graphed)
+    eager = run(model.backbone)
     for m, p in zip(blocks, saved, strict=True):
         m.dropout = p
     errs = [float((a - b).abs().max() / b.abs().max().clamp_min(1e-30)) for a, b in zip(replay, eager, strict=True)

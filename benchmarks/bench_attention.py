@@ -141,6 +141,8 @@ def ours_fns(b, n, variant):
 
 def ref_fns(b, n):
     kw = call_kwargs(b, n, "nobias")
+    for t in (b["q"], b["k"], b["v"]):
+        t.requires_grad_()
 
     def fwd():
         with torch.no_grad():

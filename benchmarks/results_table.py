@@ -18,7 +18,7 @@ def _training_rows(path: Path) -> list[str]:
         t = run["test"]
         rows.append(
             f"| {Path(run['config']).as_posix().split('conf/')[-1]} | {data['device']} | {data.get('kernel', '')} | "
-            f"{data['precision']} | "
+            f"{data['precision']} | {'yes' if 'cuda_graphs=true' in run.get('command', '') else 'no'} | "
             f"{run['epochs_run']} | {run['best_val_epoch']} | {run['seconds_per_epoch_median']:.2f} | "
             f"{t['hr_10']:.4f} | {t['ndcg_10']:.4f} | {t['hr_50']:.4f} | {t['ndcg_50']:.4f} | {t['mrr']:.4f} | "
             f"`{path.name}` |"
@@ -51,9 +51,9 @@ def main() -> None:
     print("records its device, date, software versions, shapes and the command that produced it.\n")
     print("## Retrieval training: MovieLens-1M-half (users 1-2999, `ml1m_retrieval.py`)\n")
     print("Test metrics of the best-validation epoch (leave-one-out, full catalogue, history filtered).\n")
-    print("| config | device | kernel | precision | epochs | best epoch | s/epoch | HR@10 | NDCG@10 | HR@50 | NDCG@50 |"
-          " MRR | file |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| config | device | kernel | precision | CUDA graphs | epochs | best epoch | s/epoch | HR@10 | NDCG@10 | "
+          "HR@50 | NDCG@50 | MRR | file |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for path in sorted(RESULTS.glob("ml1m_half_*.json")):
         for row in _training_rows(path):
             print(row)
@@ -69,7 +69,8 @@ def main() -> None:
                 print(row)
     _print_layer(RESULTS / "layer_h100.json")
     _print_kv_cache(RESULTS / "kv_cache_h100.json")
-    _print_scale_out(RESULTS / "scale_out_h200x4.json")
+    for path in sorted(RESULTS.glob("scale_out_*.json")):
+        _print_scale_out(path)
 
 
 def _print_layer(path: Path) -> None:
@@ -118,7 +119,7 @@ def _print_scale_out(path: Path) -> None:
     if not path.exists():
         return
     data = json.loads(path.read_text())
-    print("\n## Scale-out (`scale_out.py --sweep`)\n")
+    print(f"\n## Scale-out (`scale_out.py --sweep`, `{path.name}`)\n")
     print("| strategy | precision | GPUs | device | samples/s | efficiency | peak GiB/GPU | item table GiB/GPU |"
           " file |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -190,8 +190,11 @@ class IncrementalHSTU:
         return out[dest]
 
     def _check_request_times(self, cache: KVCache, offsets: Tensor, timestamps: Tensor) -> None:
-        """A contextual-prefix cache is exact only for candidates that start at its request time."""
-        if cache.request_times is None or not self.uses_time_bias or timestamps.numel() == 0:
+        """A contextual-prefix cache is exact only for candidates that start at its request time.
+
+        Not checked while a CUDA graph is captured (it reads the device); check the request eagerly first.
+        """
+        if cache.request_times is None or not self.uses_time_bias or timestamps.numel() == 0 or capturing():
             return
         has = offsets[1:] > offsets[:-1]  # (B,)
         first = timestamps[offsets[:-1].clamp(max=timestamps.numel() - 1)]  # (B,)

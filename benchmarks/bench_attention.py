@@ -54,11 +54,15 @@ def make_batch(batch, n, heads, d_qk, d_v, dtype, seed, targets=None, device="cu
 VARIANTS = ("nobias", "bias", "targets", "reference", "sdpa_flash")
 #: pos / time: one bias table alone (where the bias cost goes); bias_atomic_{pos,time,both}: both tables with
 #: the backward's per-element atomic reduction (``_BIAS_GRAD`` bits) for one or both tables.
-EXTRA_VARIANTS = ("pos", "time", "bias_atomic_pos", "bias_atomic_time", "bias_atomic_both")
+#: ``*_heads_major``: the same call with the kernels' older grid order (``_TILE_MAJOR = False``).
+EXTRA_VARIANTS = ("pos", "time", "bias_atomic_pos", "bias_atomic_time", "bias_atomic_both", "nobias_heads_major",
+                  "bias_heads_major")
 _BIAS_GRAD_OF = {"bias_atomic_pos": 1, "bias_atomic_time": 2, "bias_atomic_both": 3}
+_HEADS_MAJOR = "_heads_major"
 
 
 def call_kwargs(b, n, variant):
+    variant = variant.removesuffix(_HEADS_MAJOR)
     kw = dict(alpha=1.0 / D**0.5, scale_len=n)
     if variant == "bias" or variant in _BIAS_GRAD_OF:
         kw.update(pos_bias=b["pos_bias"], time_bias=b["time_bias"], timestamps=b["timestamps"])
@@ -173,7 +177,13 @@ def main():
     parser.add_argument("--budget-s", type=float, default=270.0, help="stop starting new shapes after this")
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--no-extra", action="store_true", help=f"skip {', '.join(EXTRA_VARIANTS)}")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variants to measure at every shape (default: the issue's list, "
+                             "plus the extras at the first shape)")
     args = parser.parse_args()
+    unknown = set(args.variants.split(",")) - set(VARIANTS + EXTRA_VARIANTS) if args.variants else set()
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS + EXTRA_VARIANTS)}")
     start = time.perf_counter()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -214,8 +224,11 @@ def main():
         entry = dict(shape=shape, B=batch, N=n, variants={})
         result["shapes"].append(entry)
         variants = VARIANTS + (EXTRA_VARIANTS if not rows and not args.no_extra else ())
+        if args.variants:
+            variants = tuple(args.variants.split(","))
         for variant in variants:
             hstu_mod._BIAS_GRAD = _BIAS_GRAD_OF.get(variant, 0)
+            hstu_mod._TILE_MAJOR = not variant.endswith(_HEADS_MAJOR)
             b = make_batch(batch, n, H, D, D, torch.bfloat16, seed=0, targets=16)
             flops = attention_flops(b["lengths"], H, D, D)
             entry["fwd_flops"] = flops

@@ -122,11 +122,15 @@ def _hstu_fwd_kernel(
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
     UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
     # Longest rows first: query tile m needs ~m key tiles, so the heaviest programs start first.
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    if TILE_MAJOR:  # a (sequence, head)'s tiles run side by side and share its K, V in L2
+        pid_bh = tl.program_id(1)
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_bh = tl.program_id(0)
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     seq_start = tl.load(Offsets + b)
@@ -333,16 +337,24 @@ def _hstu_bwd_kernel(
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
-    GRAD_SLOTS: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GRAD_SLOTS: tl.constexpr, BIAS_GRAD: tl.constexpr, TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    pid_n = tl.program_id(1)  # key tile n sees ~(N - n) query tiles: natural order is longest first
+    # Key tile n sees ~(N - n) query tiles: natural order is longest first.
+    if TILE_MAJOR:  # a (sequence, head)'s tiles run side by side and share its Q, dO and dQ in L2
+        pid_bh = tl.program_id(1)
+        pid_n = tl.program_id(0)
+        num_tiles = tl.num_programs(0)
+    else:
+        pid_bh = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        num_tiles = tl.num_programs(1)
     b = pid_bh // H
     h = pid_bh % H
     # Bias-table gradients go to one of GRAD_SLOTS private copies (summed by the wrapper): thousands of
     # programs adding into the same few table rows at once serialise in L2 (without slots the biased
     # forward+backward at 32x4096 took 63.5 ms instead of 35.3 ms on the H100).
-    slot = (pid_bh * tl.num_programs(1) + pid_n) % GRAD_SLOTS
+    slot = (pid_bh * num_tiles + pid_n) % GRAD_SLOTS
     DPos += slot * (2 * scale_len - 1)
     DTime += slot * (num_buckets + 1)
     seq_start = tl.load(Offsets + b)
@@ -468,6 +480,15 @@ _BIAS_GRAD = 0
 #: Private copies of the bias-table gradients that the backward spreads its atomics over.
 _GRAD_SLOTS = 256
 
+#: Grid order. True: tiles on the fast grid axis, so the programs resident at one time work on a few
+#: (sequence, head) pairs and re-read their K, V (forward) or Q, dO, dQ (backward) from L2. False: one
+#: tile index across every pair at a time (each resident program streams a different pair from HBM).
+#: Benchmarks compare the two; the wrapper falls back to False past CUDA's 65535 limit on grid axis 1.
+_TILE_MAJOR = True
+
+#: CUDA's limit on grid axes 1 and 2.
+_MAX_GRID_Y = 65535
+
 #: Sequences up to this bucket get small tiles only: fewer compiles, and no 128-row tile mostly padding.
 _SHORT_BUCKET = 256
 
@@ -522,6 +543,17 @@ def _launch(kernel, tuned, blocks: tuple[int, int], grid_fn, args: list, meta: d
         kernel[grid_fn(_FIXED_CONFIG)](*args, **meta, **_FIXED_CONFIG)
     else:
         tuned[grid_fn](*args, **meta)
+
+
+def _tile_major(pairs: int) -> bool:
+    """Whether to put tiles on grid axis 0 (see ``_TILE_MAJOR``) for ``pairs`` (sequence, head) pairs."""
+    return _TILE_MAJOR and pairs <= _MAX_GRID_Y
+
+
+def _grid(pairs: int, max_len: int, block: str, tile_major: bool, meta: dict) -> tuple[int, int]:
+    """Launch grid: one program per (sequence, head) pair and tile of ``meta[block]`` rows."""
+    tiles = triton.cdiv(max_len, meta[block])
+    return (tiles, pairs) if tile_major else (pairs, tiles)
 
 
 def _rel_ts_dtype(timestamps: Tensor | None):
@@ -585,9 +617,8 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
         REL_TS=_rel_ts_dtype(timestamps),
     )
 
-    def grid(m):
-        return (batch * num_heads, triton.cdiv(max_len, m["BLOCK_M"]))
-
+    meta["TILE_MAJOR"] = _tile_major(batch * num_heads)
+    grid = partial(_grid, batch * num_heads, max_len, "BLOCK_M", meta["TILE_MAJOR"])
     _launch(_hstu_fwd_kernel, _fwd_tuned, _INTERPRET_FWD_BLOCKS, grid, args, meta)
     return out
 
@@ -629,9 +660,8 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         REL_TS=_rel_ts_dtype(timestamps),
         )
 
-        def grid(m):
-            return (batch * num_heads, triton.cdiv(max_len, m["BLOCK_N"]))
-
+        meta["TILE_MAJOR"] = _tile_major(batch * num_heads)
+        grid = partial(_grid, batch * num_heads, max_len, "BLOCK_N", meta["TILE_MAJOR"])
         _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args, meta)
     else:
         dk.zero_()

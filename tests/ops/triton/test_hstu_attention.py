@@ -139,6 +139,15 @@ def test_uneven_tiles(monkeypatch):
     _run_both(_case(10, [20, 19, 2], targets=[3, 1, 0], pos=True), num_contextual=2, window=7)
 
 
+@pytest.mark.parametrize("tile_major, max_grid_y", [(False, 65535), (True, 65535), (True, 5)])
+def test_grid_orders(tile_major, max_grid_y, monkeypatch):
+    """Both grid orders, and the fallback past the grid-axis limit (3 x 2 pairs > 5), cover every tile."""
+    monkeypatch.setattr(triton_mod, "_TILE_MAJOR", tile_major)
+    monkeypatch.setattr(triton_mod, "_MAX_GRID_Y", max_grid_y)
+    assert triton_mod._tile_major(6) == (tile_major and max_grid_y >= 6)
+    _run_both(_case(15, [20, 3, 17], targets=[2, 1, 3], pos=True, time=True), num_contextual=1)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision(dtype):
     _run_both(_case(11, [20, 12], dtype=dtype, pos=True, time=True), tol=2e-2)

@@ -1,9 +1,10 @@
 """Benchmark one HSTU layer (norm, UVQK projection, attention, norm-gate, output) with each kernel.
 
 Issue 3's layer benchmark: D=1024, H=4, d_qk=d_v=256, B=32, N in {1024, 2048, 4096}, bf16 weights and
-inputs, positional and temporal bias on, dropout 0.2 in training mode, jagged lengths uniform in
-[0.9N, N]. Reports forward+backward median time, TFLOP/s and the peak memory of one forward+backward
-above what the inputs and weights already hold, for ``kernel=triton`` against ``kernel=pytorch``.
+inputs, positional and temporal bias on (``--bias`` also measures without them), dropout 0.2 in
+training mode, jagged lengths uniform in [0.9N, N]. Reports forward+backward median time, TFLOP/s and
+the peak memory of one forward+backward above what the inputs and weights already hold, for
+``kernel=triton`` against ``kernel=pytorch``.
 
 FLOPs: the projections count ``2 * tokens * D * H * (2 d_v + 2 d_qk) + 2 * tokens * H * d_v * D`` and the
 attention ``2 * H * (d_qk + d_v) * L^2 / 2`` per sequence (:func:`gr_lightning.callbacks.backbone_flops`);
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import time
 
@@ -46,18 +48,23 @@ def make_inputs(batch: int, n: int, seed: int, device: str) -> dict:
     )
 
 
-def make_layer(n: int, kernel: str, device: str) -> HSTU:
-    """One HSTU block in bf16 with both bias tables, seeded so both kernels get equal weights."""
+#: ``--bias`` choices: which relative-bias tables the layer has.
+BIAS = {"both": (True, True), "none": (False, False), "pos": (True, False), "time": (False, True)}
+
+
+def make_layer(n: int, kernel: str, device: str, bias: str = "both") -> HSTU:
+    """One HSTU block in bf16 with the ``bias`` tables, seeded so both kernels get equal weights."""
     torch.manual_seed(0)
+    position_bias, time_bias = BIAS[bias]
     layer = HSTU(DIM, n, num_blocks=1, num_heads=HEADS, attention_dim=HEAD_DIM, linear_dim=HEAD_DIM,
-                 dropout=0.2, kernel=kernel)
+                 dropout=0.2, kernel=kernel, position_bias=position_bias, time_bias=time_bias)
     return layer.to(device, torch.bfloat16).train()
 
 
-def measure(n: int, kernel: str, device: str) -> dict:
+def measure(n: int, kernel: str, device: str, bias: str) -> dict:
     """Time and peak memory of one forward+backward of the layer."""
     inputs = make_inputs(BATCH, n, seed=0, device=device)
-    layer = make_layer(n, kernel, device)
+    layer = make_layer(n, kernel, device, bias)
     x = inputs["x"].requires_grad_()
     leaves = [x, *layer.parameters()]
 
@@ -70,7 +77,7 @@ def measure(n: int, kernel: str, device: str) -> dict:
     fwd_flops = backbone_flops(layer, tokens, sum_sq)
     attn = attention_flops(inputs["lengths"], HEADS, HEAD_DIM, HEAD_DIM)
     flops = 3.0 * (fwd_flops - attn) + 3.5 * attn
-    record: dict = dict(kernel=kernel, tokens=tokens, fwd_bwd_flops=flops)
+    record: dict = dict(kernel=kernel, bias=bias, tokens=tokens, fwd_bwd_flops=flops)
     try:
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -99,26 +106,30 @@ def main() -> None:
     parser.add_argument("--out", default="layer_h100.json")
     parser.add_argument("--lengths", default="1024,2048,4096")
     parser.add_argument("--kernels", default="triton,pytorch")
+    parser.add_argument("--bias", default="both", help=f"comma-separated, of {', '.join(BIAS)}")
     args = parser.parse_args()
+    biases = args.bias.split(",")
+    if not set(biases) <= set(BIAS):
+        parser.error(f"--bias takes {', '.join(BIAS)}; got {args.bias!r}")
     device = "cuda"
     torch.backends.cuda.matmul.allow_tf32 = False
     result = dict(
         device=torch.cuda.get_device_name(0),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__, triton=triton.__version__, dim=DIM, heads=HEADS, d_qk=HEAD_DIM, d_v=HEAD_DIM,
-        batch=BATCH, dtype="bfloat16", bias="positional + temporal", dropout=0.2,
+        batch=BATCH, dtype="bfloat16", bias="per row: both = positional + temporal", dropout=0.2,
         lengths="uniform in [0.9N, N], seed 0", timing="triton.testing.do_bench median (warmup 25, rep 200 ms)",
         flops="3 x projections + 3.5 x attention forward", rows=[],
     )
-    for n in (int(x) for x in args.lengths.split(",")):
-        for kernel in args.kernels.split(","):
-            record = dict(N=n, **measure(n, kernel, device))
-            result["rows"].append(record)
-            shown = {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in record.items()}
-            print(shown, flush=True)
-            torch.cuda.empty_cache()
-            with open(args.out, "w") as f:
-                json.dump(result, f, indent=1)
+    for bias, n, kernel in itertools.product(biases, (int(x) for x in args.lengths.split(",")),
+                                             args.kernels.split(",")):
+        record = dict(N=n, **measure(n, kernel, device, bias))
+        result["rows"].append(record)
+        shown = {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in record.items()}
+        print(shown, flush=True)
+        torch.cuda.empty_cache()
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

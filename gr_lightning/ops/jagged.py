@@ -28,6 +28,30 @@ HAS_FBGEMM: bool = _load_fbgemm()
 _FBGEMM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def max_length(offsets: Tensor) -> int:
+    """Length of the longest sequence that ``offsets`` describes, as a Python int.
+
+    Reads the device (a host-device synchronisation on CUDA), so it cannot run while a CUDA graph is
+    captured: compute it before the capture, or pass a known bound instead.
+
+    Args:
+        offsets: Sequence boundaries, ``(B+1,)``; ``B = 0`` (offsets ``[0]``) is an empty batch.
+
+    Returns:
+        ``max_b offsets[b+1] - offsets[b]``, or 0 for an empty batch.
+
+    Raises:
+        ValueError: If ``offsets`` is not 1-D with at least one element.
+
+    """
+    if offsets.dim() != 1 or offsets.numel() == 0:
+        raise ValueError(f"offsets must be 1-D with at least one element (B+1 boundaries), got shape "
+                         f"{tuple(offsets.shape)}")
+    if offsets.numel() == 1:
+        return 0
+    return int((offsets[1:] - offsets[:-1]).max())  # (B,) lengths -> their max
+
+
 def seq_index(offsets: Tensor, total: int) -> tuple[Tensor, Tensor]:
     """Sequence id and position within the sequence of every jagged row.
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from gr_lightning.ops.jagged import seq_index
+from gr_lightning.ops.jagged import max_length, seq_index
 from gr_lightning.serving.cache import KVCache
 from gr_lightning.serving.graphs import GraphedCall, capturing
 
@@ -114,10 +114,7 @@ class RankingScorer:
         self._check_request(cache, query_times)
         seq, k = seq_index(candidate_offsets, candidates.numel())  # (sum_K,) each
         x = self._encode(self.module.preprocessor.item_embedding, candidates, cache.history_lengths[seq] + k)
-        max_k = max_candidates
-        if max_k is None:
-            counts = candidate_offsets[1:] - candidate_offsets[:-1]  # (B,)
-            max_k = int(counts.max()) if counts.numel() else 0
+        max_k = max_length(candidate_offsets) if max_candidates is None else max_candidates
         out = self.module.backbone.score_candidates(cache, x, candidate_offsets, max_k, candidate_timestamps,
                                                     query_times)  # (sum_K, D)
         return self.module.head(out)  # (sum_K, T)
@@ -127,9 +124,10 @@ class RankingScorer:
         """:meth:`score` for one candidate layout captured as a CUDA graph (for launch-bound small batches).
 
         The example request is scored eagerly first (checking it). Replay with
-        ``graph(candidates=..., candidate_timestamps=..., candidate_offsets=...)`` (plus ``query_times=`` if
-        given here): the same number of candidates and examples, at most ``max_candidates`` per example
-        (default: the example's most). Replays read the cache's current contents, appends included.
+        ``graph(candidates=..., candidate_timestamps=..., candidate_offsets=..., query_times=...)``
+        (``query_times`` None or left out if None here): the same number of candidates and examples, at most
+        ``max_candidates`` per example (default: the example's most). Replays read the cache's current
+        contents, appends included.
 
         Args:
             cache: From :meth:`prefill`, on CUDA.
@@ -141,19 +139,15 @@ class RankingScorer:
 
         """
         if max_candidates is None:
-            counts = candidate_offsets[1:] - candidate_offsets[:-1]  # (B,)
-            max_candidates = int(counts.max()) if counts.numel() else 0
+            max_candidates = max_length(candidate_offsets)  # read before the capture: it syncs
         self.score(cache, candidates, candidate_timestamps, candidate_offsets, query_times, max_candidates)
-        inputs = dict(candidates=candidates, candidate_timestamps=candidate_timestamps,
-                      candidate_offsets=candidate_offsets)
-        if query_times is not None:
-            inputs["query_times"] = query_times
 
         def score(candidates: Tensor, candidate_timestamps: Tensor, candidate_offsets: Tensor,
                   query_times: Tensor | None = None) -> Tensor:
             return self.score(cache, candidates, candidate_timestamps, candidate_offsets, query_times, max_candidates)
 
-        return GraphedCall(score, inputs)
+        return GraphedCall(score, dict(candidates=candidates, candidate_timestamps=candidate_timestamps,
+                                       candidate_offsets=candidate_offsets, query_times=query_times))
 
     @torch.no_grad()
     def score_batch(self, cache: KVCache, batch: RankingBatch) -> Tensor:
@@ -195,9 +189,7 @@ class RankingScorer:
             acts = self._encode(pre.action_embedding, actions, item_pos + 1)  # (sum_N, D)
             x = torch.stack([x, acts], dim=1).reshape(-1, x.shape[1])  # (2 sum_N, D): i_0 a_0 i_1 a_1 ..
             ts = timestamps.repeat_interleave(2)  # (2 sum_N,) an action happens when its item is consumed
-        counts = offsets[1:] - offsets[:-1]  # (B,)
-        max_len = stride * (int(counts.max()) if counts.numel() else 0)
-        self.module.backbone.append(cache, x, stride * offsets, max_len, ts)
+        self.module.backbone.append(cache, x, stride * offsets, stride * max_length(offsets), ts)
 
 
 __all__ = ["RankingScorer", "require_cached_backbone"]

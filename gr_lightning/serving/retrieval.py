@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gr_lightning.ops.jagged import seq_index
+from gr_lightning.ops.jagged import max_length, seq_index
 from gr_lightning.serving.cache import KVCache
 from gr_lightning.serving.ranking import require_cached_backbone
 
@@ -82,9 +82,7 @@ class RetrievalScorer:
         seq, j = seq_index(offsets, items.numel())  # (sum_N,) each
         positions = (cache.history_lengths[seq] + j).clamp(max=encoder.max_seq_len - 1)  # (sum_N,)
         x = self.module.item_embedding(items) * encoder.scale + encoder.position(positions)  # (sum_N, D)
-        counts = offsets[1:] - offsets[:-1]  # (B,)
-        max_len = int(counts.max()) if counts.numel() else 0
-        out = self.module.backbone.append(cache, x, offsets, max_len, timestamps, query_times)  # (B, D)
+        out = self.module.backbone.append(cache, x, offsets, max_length(offsets), timestamps, query_times)  # (B, D)
         return F.normalize(out, dim=-1)
 
     @torch.no_grad()

@@ -39,3 +39,19 @@ def test_seq_index():
     seq, pos = jagged.seq_index(torch.tensor([0, 2, 2, 5]), 5)
     assert seq.tolist() == [0, 0, 2, 2, 2]
     assert pos.tolist() == [0, 1, 0, 1, 2]
+
+
+def test_max_length():
+    lengths = torch.randint(0, 9, (6,), generator=torch.Generator().manual_seed(3))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    assert jagged.max_length(offsets) == int(lengths.max())
+    assert jagged.max_length(torch.tensor([0, 0, 0])) == 0  # sequences may be empty
+    assert jagged.max_length(torch.tensor([5])) == 0  # an empty batch
+    assert isinstance(jagged.max_length(offsets.int()), int)
+
+
+@pytest.mark.parametrize("offsets", [torch.tensor(3), torch.zeros(0, dtype=torch.long), torch.zeros(2, 2)],
+                         ids=["0-d", "empty", "2-d"])
+def test_max_length_rejects_offsets_that_are_not_1d_with_an_element(offsets):
+    with pytest.raises(ValueError, match=r"offsets must be 1-D with at least one element .* got shape"):
+        jagged.max_length(offsets)

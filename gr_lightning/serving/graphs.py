@@ -30,12 +30,28 @@ def capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def _check_inputs(static: dict[str, Tensor], given: dict[str, Tensor]) -> None:
-    """Raise ValueError unless ``given`` has the names, shapes and dtypes the graph was captured with."""
-    if set(given) != set(static):
-        raise ValueError(f"the graph was captured with inputs {sorted(static)}, got {sorted(given)}")
+def _check_inputs(static: dict[str, Tensor], given: dict[str, Tensor | None],
+                  absent: frozenset[str] = frozenset()) -> None:
+    """Raise ValueError unless ``given`` has the names, shapes and dtypes the graph was captured with.
+
+    Args:
+        static: The captured tensor inputs.
+        given: The call's inputs.
+        absent: Optional inputs that were None at capture: a call passes None for them or leaves them out.
+
+    """
+    for name in sorted(absent & set(given)):
+        if given[name] is not None:
+            raise ValueError(f"input {name!r} was None when the graph was captured, so it must be None (or left "
+                             "out) now; capture another graph with an example tensor for it")
+    tensors = set(given) - absent
+    if tensors != set(static):
+        raise ValueError(f"the graph was captured with inputs {sorted(static)}, got {sorted(tensors)}")
     for name, want in static.items():
         got = given[name]
+        if got is None:
+            raise ValueError(f"input {name!r} was a tensor when the graph was captured, got None; capture "
+                             "another graph with None for it")
         if not isinstance(got, Tensor):
             raise ValueError(f"input {name!r} must be a tensor, got {type(got).__name__}")
         if got.shape != want.shape or got.dtype != want.dtype:
@@ -52,33 +68,37 @@ class GraphedCall:
             must not draw random numbers.
         example_inputs: Keyword tensors with the shapes, dtypes and (CUDA) device of every later call; the
             warm-up and the capture run on copies of them, so give valid values (offsets that describe
-            real sequences).
+            real sequences). An optional input given as None is passed to ``fn`` as None in the capture,
+            and every later call must pass None for it or leave it out.
         warmup: Eager calls before the capture: first calls compile and tune Triton kernels, which a
             capture cannot do.
 
     """
 
-    def __init__(self, fn: Callable[..., Tensor], example_inputs: dict[str, Tensor], warmup: int = 2) -> None:
-        devices = {t.device for t in example_inputs.values()}
+    def __init__(self, fn: Callable[..., Tensor], example_inputs: dict[str, Tensor | None], warmup: int = 2) -> None:
+        self._absent = frozenset(name for name, t in example_inputs.items() if t is None)
+        tensors = {name: t for name, t in example_inputs.items() if t is not None}
+        devices = {t.device for t in tensors.values()}
         if len(devices) != 1 or next(iter(devices)).type != "cuda":
             raise ValueError(f"CUDA graphs need every input on one CUDA device, got {sorted(map(str, devices))}")
         device = next(iter(devices))
-        self._static = {name: t.clone() for name, t in example_inputs.items()}
+        self._static = {name: t.clone() for name, t in tensors.items()}
+        args = {**self._static, **dict.fromkeys(self._absent)}  # the capture's arguments, Nones included
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.no_grad(), torch.cuda.stream(side):
             for _ in range(warmup):
-                fn(**self._static)
+                fn(**args)
         torch.cuda.current_stream(device).wait_stream(side)
         self._graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(self._graph):
-            self._out = fn(**self._static)
+            self._out = fn(**args)
 
-    def __call__(self, **inputs: Tensor) -> Tensor:
+    def __call__(self, **inputs: Tensor | None) -> Tensor:
         """Copy ``inputs`` into the graph's buffers, replay it, return a copy of its output."""
-        _check_inputs(self._static, inputs)
-        for name, value in inputs.items():
-            self._static[name].copy_(value, non_blocking=True)
+        _check_inputs(self._static, inputs, self._absent)
+        for name, buffer in self._static.items():
+            buffer.copy_(inputs[name], non_blocking=True)
         self._graph.replay()
         return self._out.clone()
 
@@ -88,9 +108,9 @@ def candidate_scoring_graph(backbone: torch.nn.Module, cache: KVCache, x: Tensor
     """Capture ``backbone.score_candidates(cache, ...)`` for one candidate layout.
 
     The example call is checked eagerly first (so bad input fails with the usual message). Replay with
-    ``graph(x=..., offsets=..., timestamps=...)`` (plus ``query_times=`` if the example had them): the same
-    number of candidate rows and batch size, at most ``max_len`` candidates per sequence (the caller's
-    promise, as in ``score_candidates``: the graph cannot read the offsets to check it).
+    ``graph(x=..., offsets=..., timestamps=..., query_times=...)`` (``query_times`` None or left out if the
+    example had none): the same number of candidate rows and batch size, at most ``max_len`` candidates per
+    sequence (the caller's promise, as in ``score_candidates``: the graph cannot read the offsets to check it).
 
     Args:
         backbone: An HSTU in eval mode on CUDA.
@@ -103,14 +123,11 @@ def candidate_scoring_graph(backbone: torch.nn.Module, cache: KVCache, x: Tensor
 
     """
     backbone.score_candidates(cache, x, offsets, max_len, timestamps, query_times)  # validates eagerly
-    inputs = dict(x=x, offsets=offsets, timestamps=timestamps)
-    if query_times is not None:
-        inputs["query_times"] = query_times
 
     def score(x: Tensor, offsets: Tensor, timestamps: Tensor, query_times: Tensor | None = None) -> Tensor:
         return backbone.score_candidates(cache, x, offsets, max_len, timestamps, query_times)
 
-    return GraphedCall(score, inputs)
+    return GraphedCall(score, dict(x=x, offsets=offsets, timestamps=timestamps, query_times=query_times))
 
 
 __all__ = ["GraphedCall", "candidate_scoring_graph", "capturing"]

@@ -6,22 +6,81 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+_TABLE_METRICS = ("hr_10", "ndcg_10", "hr_50", "ndcg_50", "mrr")
+
+
+def _is_seed_file(data: dict) -> bool:
+    """Whether a retrieval file holds several seeds per config (``ml1m_retrieval.py --seeds``, two or more)."""
+    return len(data.get("seeds") or []) >= 2
+
+
+def _concurrent(data: dict) -> str:
+    """The label of seconds per epoch measured while other runs shared the GPU ("" for solo runs)."""
+    n = data.get("concurrent_runs", 1)
+    return f" ({n} concurrent)" if n > 1 else ""
+
+
+def _training_prefix(config: str, data: dict, command: str) -> str:
+    return (f"| {config} | {data['device']} | {data.get('kernel', '')} | {data['precision']} | "
+            f"{'yes' if 'cuda_graphs=true' in command else 'no'} |")
 
 
 def _training_rows(path: Path) -> list[str]:
     data = json.loads(path.read_text())
+    if _is_seed_file(data):
+        return _seed_rows(path, data)
     rows = []
     for run in data["runs"]:
+        config = Path(run["config"]).as_posix().split("conf/")[-1]
+        if run.get("seed") is not None:
+            config += f" (seed {run['seed']})"
+        prefix = _training_prefix(config, data, run.get("command", ""))
+        if run.get("failed"):
+            rows.append(f"{prefix} failed (exit {run['returncode']}) | | | | | | | | `{path.name}` |")
+            continue
         t = run["test"]
         rows.append(
-            f"| {Path(run['config']).as_posix().split('conf/')[-1]} | {data['device']} | {data.get('kernel', '')} | "
-            f"{data['precision']} | {'yes' if 'cuda_graphs=true' in run.get('command', '') else 'no'} | "
-            f"{run['epochs_run']} | {run['best_val_epoch']} | {run['seconds_per_epoch_median']:.2f} | "
+            f"{prefix} {run['epochs_run']} | {run['best_val_epoch']} | "
+            f"{run['seconds_per_epoch_median']:.2f}{_concurrent(data)} | "
             f"{t['hr_10']:.4f} | {t['ndcg_10']:.4f} | {t['hr_50']:.4f} | {t['ndcg_50']:.4f} | {t['mrr']:.4f} | "
             f"`{path.name}` |"
+        )
+    return rows
+
+
+def _mean_sd(values: list[float], digits: int) -> str:
+    """``mean ± sample sd``; the bare value for one run, "-" for none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _span(values: list[int]) -> str:
+    return "-" if not values else str(values[0]) if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
+def _seed_rows(path: Path, data: dict) -> list[str]:
+    """One row per config of a multi-seed file: mean ± sd over its successful seeds, n and any failures."""
+    rows = []
+    for config in dict.fromkeys(r["config"] for r in data["runs"]):
+        runs = [r for r in data["runs"] if r["config"] == config]
+        ok = [r for r in runs if not r.get("failed")]
+        failed = len(runs) - len(ok)
+        label = (f"{Path(config).as_posix().split('conf/')[-1]}, seeds {','.join(str(r['seed']) for r in ok)} "
+                 f"(n={len(ok)}{f', {failed} failed' if failed else ''})")
+        seconds = _mean_sd([r["seconds_per_epoch_median"] for r in ok], 2)
+        rows.append(
+            f"{_training_prefix(label, data, next((r['command'] for r in runs if 'command' in r), ''))} "
+            f"{_span([r['epochs_run'] for r in ok])} | "
+            f"{_span([r['best_val_epoch'] for r in ok])} | {seconds}{_concurrent(data) if ok else ''} | "
+            + " | ".join(_mean_sd([r["test"][k] for r in ok], 4) for k in _TABLE_METRICS)
+            + f" | `{path.name}` |"
         )
     return rows
 
@@ -51,6 +110,13 @@ def main() -> None:
     print("records its device, date, software versions, shapes and the command that produced it.\n")
     print("## Retrieval training: MovieLens-1M-half (users 1-2999, `ml1m_retrieval.py`)\n")
     print("Test metrics of the best-validation epoch (leave-one-out, full catalogue, history filtered).\n")
+    training = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("ml1m_half_*.json"))]
+    if any(_is_seed_file(d) for d in training):
+        print("Rows listing seeds give mean ± sample standard deviation over the n successful seeds (epochs and")
+        print("best epoch: their range); `ml1m_retrieval.py --compare` tests two such files against a margin.\n")
+    if any(d.get("concurrent_runs", 1) > 1 for d in training):
+        print("s/epoch marked \"(N concurrent)\" was measured with N training runs sharing the GPU: not comparable")
+        print("with solo timings.\n")
     print("| config | device | kernel | precision | CUDA graphs | epochs | best epoch | s/epoch | HR@10 | NDCG@10 | "
           "HR@50 | NDCG@50 | MRR | file |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

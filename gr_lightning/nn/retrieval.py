@@ -52,8 +52,23 @@ def stream_seed(seed: int, rank: int) -> int:
 
 
 def _row_dot(queries: Tensor, candidates: Tensor) -> Tensor:
-    """``(P, D) x (P, K, D) -> (P, K)`` dot products; a broadcast multiply beats P tiny matmuls."""
-    return (queries.unsqueeze(1) * candidates).sum(-1)
+    """``(P, D) x (P, K, D) -> (P, K)`` dot products, at least float32; a broadcast multiply beats tiny matmuls.
+
+    Low-precision inputs multiply in their dtype and sum in float32 (the product is the big intermediate;
+    the sum's output feeds logits of magnitude up to ``1 / temperature``, too coarse in bfloat16).
+    """
+    return (queries.unsqueeze(1) * candidates).sum(-1, dtype=torch.promote_types(candidates.dtype, torch.float32))
+
+
+def _dot_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the negatives' gather and products: autocast's while it is on, else ``dtype``.
+
+    Gathering ``(P, K, D)`` negative rows dominates the loss's memory traffic; under mixed precision it
+    reads and writes half the bytes, as autocast would for a matmul of the same operands.
+    """
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return dtype
 
 
 class SampledSoftmaxLoss(nn.Module):
@@ -135,12 +150,14 @@ class SampledSoftmaxLoss(nn.Module):
         num_items = item_table.shape[0] - 1
         # F.embedding rather than item_table[ids]: its CUDA backward reduces duplicate ids in parallel.
         pos_logit = (queries * F.embedding(positives, item_table)).sum(-1, keepdim=True)  # (P, 1)
-        parts, ids = [pos_logit], [positives.unsqueeze(1)]
+        parts, ids = [pos_logit.to(torch.promote_types(pos_logit.dtype, torch.float32))], [positives.unsqueeze(1)]
+        dot_dtype = _dot_dtype(queries.device, item_table.dtype)
+        neg_queries, neg_table = queries.to(dot_dtype), item_table.to(dot_dtype)  # no-ops outside autocast
         generator = self.generator(queries.device)
         if self.num_negatives:
             neg = torch.randint(1, num_items + 1, (queries.shape[0], self.num_negatives), device=queries.device,
                                 generator=generator)  # (P, K)
-            parts.append(_row_dot(queries, F.embedding(neg, item_table)))  # (P, K)
+            parts.append(_row_dot(neg_queries, F.embedding(neg, neg_table)))  # (P, K)
             ids.append(neg)
         if self.in_batch_negatives:
             if item_log_q is None:
@@ -148,12 +165,12 @@ class SampledSoftmaxLoss(nn.Module):
             pick = torch.randint(0, positives.numel(), (queries.shape[0], self.in_batch_negatives),
                                  device=queries.device, generator=generator)  # (P, K_b)
             neg = positives[pick]  # (P, K_b): popularity-proportional proposal
-            logits = _row_dot(queries, F.embedding(neg, item_table))  # (P, K_b)
+            logits = _row_dot(neg_queries, F.embedding(neg, neg_table))  # (P, K_b)
             # logQ: subtract each proposal's log-probability relative to the uniform proposal.
             parts.append(logits - (item_log_q[neg] + math.log(num_items)) * self.temperature)
             ids.append(neg)
-        logits = torch.cat(parts, dim=1) / self.temperature  # (P, 1 + K)
+        logits = torch.cat(parts, dim=1) / self.temperature  # (P, 1 + K), float32 or wider
         hit = torch.cat(ids, dim=1) == positives.unsqueeze(1)
         hit[:, 0] = False
         logits = logits.masked_fill(hit, torch.finfo(logits.dtype).min)
-        return F.cross_entropy(logits.float(), torch.zeros_like(positives))
+        return F.cross_entropy(logits, torch.zeros_like(positives))

@@ -146,3 +146,37 @@ def test_a_stream_saved_on_another_device_type_restarts_from_its_seed_with_a_war
                             "state": torch.zeros(16, dtype=torch.uint8)})
     with pytest.warns(UserWarning, match="not exact"):
         assert torch.equal(_draws(loss_fn), fresh)
+
+
+def test_under_autocast_negatives_are_gathered_in_low_precision_and_logits_stay_float32(monkeypatch):
+    """bf16 autocast: the negatives' rows and products are bf16 (half the traffic), the loss stays close to
+    float32, and the gradient reaches the float32 table and queries in float32."""
+    table, gen = _table(num_items=50, dim=16, seed=3)
+    queries = F.normalize(torch.randn(40, 16, generator=gen), dim=-1)
+    positives = torch.randint(1, 51, (40,), generator=gen)
+    loss_fn = SampledSoftmaxLoss(num_negatives=20, temperature=0.05)
+    gathered = []
+    embedding = F.embedding
+
+    def spy(ids, weight, *args, **kwargs):
+        gathered.append(weight.dtype)
+        return embedding(ids, weight, *args, **kwargs)
+
+    monkeypatch.setattr(F, "embedding", spy)
+    runs = {}
+    for name, enabled in (("fp32", False), ("bf16", True)):
+        loss_fn.seed_stream(seed=7)  # the same negatives in both runs
+        gathered.clear()
+        t, q = table.clone().requires_grad_(), queries.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            loss = loss_fn(q, positives, t)
+        loss.backward()
+        assert loss.dtype == torch.float32
+        assert t.grad.dtype == torch.float32 and q.grad.dtype == torch.float32
+        # positives gather from the table as given; negatives from the autocast-dtype copy
+        assert gathered == [torch.float32, torch.bfloat16 if enabled else torch.float32]
+        runs[name] = (loss.detach(), t.grad, q.grad)
+    (l32, t32, q32), (l16, t16, q16) = runs["fp32"], runs["bf16"]
+    assert abs(l16 - l32) / l32 < 2e-2
+    assert (t16 - t32).norm() / t32.norm() < 5e-2 and (q16 - q32).norm() / q32.norm() < 5e-2
+    assert not torch.equal(l16, l32)  # the low-precision path really ran

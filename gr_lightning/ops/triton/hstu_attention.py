@@ -465,12 +465,13 @@ def _hstu_bwd_kernel(
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [(128, 128, 8, 3), (128, 64, 4, 3), (128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 4),
-                         (128, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 2)]
+                         (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2),
+                         (32, 32, 4, 2)]
 ]
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2), (32, 64, 4, 2),
-                         (64, 64, 8, 1), (32, 32, 4, 2)]
+    for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 128, 8, 4), (128, 64, 8, 2), (64, 64, 4, 2),
+                         (128, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2)]
 ]
 #: How the backward reduces ``dS`` into the bias tables (a bit mask; benchmarks compare the variants):
 #: bit 0 set: one atomic per element for the positional table (else per-diagonal sums of a skewed tile);

@@ -68,6 +68,10 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay the backbone from CUDA graphs (GRModule(cuda_graphs=True)); first checks a "
                              "replayed forward and backward against an eager one")
+    parser.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed"),
+                        help="bf16-mixed: the training and validation steps run under bfloat16 autocast, as "
+                             "Lightning's bf16-mixed does")
+    parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True): one kernel per step")
     parser.add_argument("--out", default=None)
     parser.add_argument("--host-profile-rows", type=int, default=30,
                         help="Python functions (cProfile, by own time) to keep in the JSON")
@@ -87,14 +91,20 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = GRModule(partial(cls, **bb_args), dm.num_items, dm.max_seq_len, cuda_graphs=args.cuda_graphs,
                      **model_cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt_args = dict(cfg["model"].get("init_args", cfg["model"]).get("optimizer", {}).get("init_args", {}))
+    opt_args.setdefault("lr", 1e-3)
+    if args.fused_adamw:
+        opt_args["fused"] = True
+    opt = torch.optim.AdamW(model.parameters(), **opt_args)
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
     train = [b for b in dm.train_dataloader()]
     val = [b for b in dm.val_dataloader()]
     move = model.transfer_batch_to_device
 
     def train_step(batch):
         batch = move(batch, device, 0)
-        loss = model.training_step(batch, 0)
+        with autocast():
+            loss = model.training_step(batch, 0)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -122,7 +132,7 @@ def main() -> None:
         passes_ms.append((time.perf_counter() - t) / args.steps * 1e3)
     train_ms = passes_ms[-1]
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for b in val:
             model.validation_step(move(b, device, 0), 0)
         _sync()
@@ -171,7 +181,8 @@ def main() -> None:
     for row in profile["host"]["top_own_time"][:15]:
         print(f"{row['own_ms']:8.2f} ms/step own {row['cumulative_ms']:8.2f} cum {row['calls']:6d} {row['function']}")
     result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-              "config": args.config, "kernel": args.kernel, "train_batches": len(train),
+              "config": args.config, "kernel": args.kernel, "precision": args.precision,
+              "optimizer": {"class": "AdamW", **opt_args}, "train_batches": len(train),
               "cuda_graphs": args.cuda_graphs, "graph_check": graph_check,
               "graphs_captured": model._graphed.num_graphs if model._graphed is not None else 0,
               "train_step_ms": train_ms, "timed_passes_ms": passes_ms, "val_pass_s": val_s,

@@ -133,7 +133,8 @@ def main() -> None:
         for path in attention:
             for row in _attention_rows(path):
                 print(row)
-    _print_layer(RESULTS / "layer_h100.json")
+    for path in sorted(RESULTS.glob("layer_*.json")):
+        _print_layer(path)
     _print_kv_cache(RESULTS / "kv_cache_h100.json")
     for path in sorted(RESULTS.glob("scale_out_*.json")):
         _print_scale_out(path)
@@ -143,16 +144,17 @@ def _print_layer(path: Path) -> None:
     if not path.exists():
         return
     data = json.loads(path.read_text())
-    print(f"\n## One HSTU layer (`bench_layer.py`, {data['device']})\n")
-    print(f"D={data['dim']}, H={data['heads']}, d={data['d_qk']}, B={data['batch']}, {data['bias']} bias, bf16; "
-          f"forward+backward, FLOPs: {data['flops']}.\n")
-    print("| N | kernel | ms | TFLOP/s | peak GB above inputs | file |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n## One HSTU layer (`bench_layer.py`, `{path.name}`, {data['device']})\n")
+    print(f"D={data['dim']}, H={data['heads']}, d={data['d_qk']}, B={data['batch']}, bf16; forward+backward, "
+          f"FLOPs: {data['flops']}. Bias *both*: positional + temporal.\n")
+    print("| N | kernel | bias | ms | TFLOP/s | peak GB above inputs | file |")
+    print("|---|---|---|---|---|---|---|")
     for r in data["rows"]:
+        bias = r.get("bias", "both")  # files before --bias had both tables
         if "fwd_bwd_ms" not in r:
-            print(f"| {r['N']} | {r['kernel']} | {r.get('skipped', 'not run')} | | | `{path.name}` |")
+            print(f"| {r['N']} | {r['kernel']} | {bias} | {r.get('skipped', 'not run')} | | | `{path.name}` |")
             continue
-        print(f"| {r['N']} | {r['kernel']} | {r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_tflops']:.0f} | "
+        print(f"| {r['N']} | {r['kernel']} | {bias} | {r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_tflops']:.0f} | "
               f"{r['peak_mem_gb']:.2f} | `{path.name}` |")
 
 
@@ -186,21 +188,36 @@ def _print_scale_out(path: Path) -> None:
         return
     data = json.loads(path.read_text())
     print(f"\n## Scale-out (`scale_out.py --sweep`, `{path.name}`)\n")
-    print("| strategy | precision | GPUs | device | samples/s | efficiency | peak GiB/GPU | item table GiB/GPU |"
-          " file |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("Efficiency: samples/s over GPUs x the same strategy and precision on one GPU (main runs only; a "
+          "*reorder* run repeats DDP with other gradient-bucket sizes to measure run-to-run noise).\n")
+    print("| strategy | precision | GPUs | run | device | samples/s | efficiency | peak GiB/GPU |"
+          " item table GiB/GPU | file |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     one = {(r["config"]["strategy"], r["config"]["precision"]): r["summary"]["samples_per_s"]
-           for r in data["runs"] if r["config"]["devices"] == 1}
+           for r in data["runs"] if r["config"]["devices"] == 1 and _variant(r) == "main"}
     for r in sorted(data["runs"], key=lambda r: (r["config"]["strategy"], r["config"]["precision"],
-                                                 r["config"]["devices"])):
+                                                 r["config"]["devices"], _variant(r) != "main")):
         c, sm = r["config"], r["summary"]
         base = one.get((c["strategy"], c["precision"]))
         eff = f"{sm['samples_per_s'] / (c['devices'] * base):.1%}" if base else "-"
-        print(f"| {c['strategy']} | {c['precision']} | {c['devices']} | {r['env']['device']} | "
+        print(f"| {c['strategy']} | {c['precision']} | {c['devices']} | {_variant(r)} | {r['env']['device']} | "
               f"{sm['samples_per_s']:.0f} | {eff} | {sm['peak_allocated_gib_max']:.2f} | "
               f"{sm['embedding_gib_per_gpu']:.2f} | `{path.name}` |")
     for item in data.get("not_run", []):
-        print(f"| {item['name']} | not run: {item['reason']} | | | | | | | |")
+        print(f"| {item['name']} | not run: {item['reason']} | | | | | | | | |")
+    verdicts = [c for c in data.get("comparisons", []) if "verdict" in c]
+    if verdicts:
+        print("\nFSDP against DDP (loss curves): the verdict compares FSDP's gap with the widest noise reference.\n")
+        print("| GPUs | precision | FSDP gap | noise band | reference | within |")
+        print("|---|---|---|---|---|---|")
+        for c in verdicts:
+            v = c["verdict"]
+            print(f"| {c['devices']} | {c['precision']} | {v['gap']:.4f} | {v['band']:.4f} | "
+                  f"{v['reference']} ({v['statistic']}) | {'yes' if v['within_noise'] else 'no'} |")
+
+
+def _variant(run: dict) -> str:
+    return run["config"].get("variant", "main")
 
 
 if __name__ == "__main__":

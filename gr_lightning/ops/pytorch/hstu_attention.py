@@ -118,7 +118,8 @@ class _TableLookup(torch.autograd.Function):
     ``F.embedding``'s sorts every index (a third of the GPU time of a pytorch-kernel HSTU step at
     ML-20M scale, ``scale_out`` profile). ``torch.bincount`` with weights accumulates in a histogram
     instead. It is not deterministic on CUDA, so with ``torch.use_deterministic_algorithms`` the
-    embedding path is used.
+    embedding path is used; so it is under ``torch.compile`` (bincount's output shape depends on the
+    data, a graph break; Inductor generates its own scatter for the embedding backward).
     """
 
     @staticmethod
@@ -141,8 +142,8 @@ class _TableLookup(torch.autograd.Function):
 
 def _lookup(table: Tensor, index: Tensor) -> Tensor:
     """``table[index]`` for a 1-D bias table, with a histogram backward (see :class:`_TableLookup`)."""
-    if table.requires_grad and torch.is_grad_enabled() and not (
-            index.is_cuda and torch.are_deterministic_algorithms_enabled()):
+    deterministic = index.is_cuda and torch.are_deterministic_algorithms_enabled()
+    if table.requires_grad and torch.is_grad_enabled() and not deterministic and not torch.compiler.is_compiling():
         return _TableLookup.apply(table, index)
     return F.embedding(index, table.unsqueeze(-1)).squeeze(-1)
 

@@ -110,41 +110,13 @@ def relative_position_index(max_len: int, n: int, device: torch.device) -> Tenso
     return (pos.view(-1, 1) - pos.view(1, -1)).clamp(-(n - 1), n - 1) + n - 1  # (N, N)
 
 
-class _TableLookup(torch.autograd.Function):
-    """``table[index]`` for a small 1-D table, whose gradient is a weighted histogram of the indices.
-
-    Bias tables have a few hundred rows and see millions of lookups per batch. Advanced indexing's CUDA
-    backward serialises over duplicate indices (1.7 s per training step at ML-1M size on an H100), and
-    ``F.embedding``'s sorts every index (a third of the GPU time of a pytorch-kernel HSTU step at
-    ML-20M scale, ``scale_out`` profile). ``torch.bincount`` with weights accumulates in a histogram
-    instead. It is not deterministic on CUDA, so with ``torch.use_deterministic_algorithms`` the
-    embedding path is used; so it is under ``torch.compile`` (bincount's output shape depends on the
-    data, a graph break; Inductor generates its own scatter for the embedding backward).
-    """
-
-    @staticmethod
-    def forward(ctx, table: Tensor, index: Tensor) -> Tensor:
-        ctx.save_for_backward(index)
-        ctx.rows = table.shape[0]
-        return table[index]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None]:
-        (index,) = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        weights = grad.reshape(-1)
-        if not weights.dtype.is_floating_point or weights.element_size() < 4:
-            weights = weights.float()  # bincount accumulates float32 or float64 weights
-        hist = torch.bincount(index.reshape(-1), weights=weights, minlength=ctx.rows)  # (rows,)
-        return hist.to(grad.dtype), None
-
-
 def _lookup(table: Tensor, index: Tensor) -> Tensor:
-    """``table[index]`` for a 1-D bias table, with a histogram backward (see :class:`_TableLookup`)."""
-    deterministic = index.is_cuda and torch.are_deterministic_algorithms_enabled()
-    if table.requires_grad and torch.is_grad_enabled() and not deterministic and not torch.compiler.is_compiling():
-        return _TableLookup.apply(table, index)
+    """``table[index]`` for a 1-D table through ``F.embedding``.
+
+    Advanced indexing's CUDA backward serialises over duplicate indices, and bias tables see millions of
+    duplicates per batch (1.7 s per training step at ML-1M size on an H100); embedding's backward
+    reduces duplicates in parallel.
+    """
     return F.embedding(index, table.unsqueeze(-1)).squeeze(-1)
 
 

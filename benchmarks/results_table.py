@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -52,13 +51,13 @@ def _training_rows(path: Path) -> list[str]:
     return rows
 
 
-def _mean_sd(values: list[float], digits: int) -> str:
-    """``mean ± sample sd``; the bare value for one run, "-" for none."""
-    if not values:
+def _mean_sd(stats: dict, digits: int) -> str:
+    """``mean ± sample sd`` of an ``ml1m_retrieval.py`` summary entry; the bare mean for n = 1, "-" for none."""
+    if not stats["n"]:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    if stats["sd"] is None:
+        return f"{stats['mean']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
 
 
 def _span(values: list[int]) -> str:
@@ -66,20 +65,19 @@ def _span(values: list[int]) -> str:
 
 
 def _seed_rows(path: Path, data: dict) -> list[str]:
-    """One row per config of a multi-seed file: mean ± sd over its successful seeds, n and any failures."""
+    """One row per config of a multi-seed file: its summary (mean ± sd over successful seeds), n, failures."""
     rows = []
-    for config in dict.fromkeys(r["config"] for r in data["runs"]):
+    for config, summary in data["summary"].items():
         runs = [r for r in data["runs"] if r["config"] == config]
         ok = [r for r in runs if not r.get("failed")]
-        failed = len(runs) - len(ok)
-        label = (f"{Path(config).as_posix().split('conf/')[-1]}, seeds {','.join(str(r['seed']) for r in ok)} "
-                 f"(n={len(ok)}{f', {failed} failed' if failed else ''})")
-        seconds = _mean_sd([r["seconds_per_epoch_median"] for r in ok], 2)
+        failed = len(summary["failed_seeds"])
+        label = (f"{Path(config).as_posix().split('conf/')[-1]}, seeds {','.join(map(str, summary['seeds']))} "
+                 f"(n={len(summary['seeds'])}{f', {failed} failed' if failed else ''})")
         rows.append(
             f"{_training_prefix(label, data, next((r['command'] for r in runs if 'command' in r), ''))} "
-            f"{_span([r['epochs_run'] for r in ok])} | "
-            f"{_span([r['best_val_epoch'] for r in ok])} | {seconds}{_concurrent(data) if ok else ''} | "
-            + " | ".join(_mean_sd([r["test"][k] for r in ok], 4) for k in _TABLE_METRICS)
+            f"{_span([r['epochs_run'] for r in ok])} | {_span([r['best_val_epoch'] for r in ok])} | "
+            f"{_mean_sd(summary['seconds_per_epoch_median'], 2)}{_concurrent(data) if ok else ''} | "
+            + " | ".join(_mean_sd(summary["test"][k], 4) for k in _TABLE_METRICS)
             + f" | `{path.name}` |"
         )
     return rows

@@ -306,7 +306,8 @@ def profile_breakdown(events: Any, wall_s: float, steps: int, on_device: bool, t
     compute = [(e.time_range.start, e.time_range.end) for e in activities if "nccl" not in e.name.lower()]
     kernel_us = sum(end - start for start, end in spans)
     nccl_us = kernel_us - sum(end - start for start, end in compute)
-    busy_ms = _union_length(spans) * per_step
+    busy_us = _union_length(spans)
+    busy_ms = busy_us * per_step
     # GPU idle per step = host wall time of the window (device synchronised at both ends, so every device
     # activity of these steps lies inside it) minus the time at least one kernel/memcpy/memset ran on any
     # stream (union of their intervals on the device clock). Only durations are compared, never timestamps
@@ -319,7 +320,7 @@ def profile_breakdown(events: Any, wall_s: float, steps: int, on_device: bool, t
         "idle_share": max(wall_ms - busy_ms, 0.0) / wall_ms,
         "nccl_ms_per_step": nccl_us * per_step,
         "nccl_share": nccl_us / kernel_us if kernel_us else 0.0,
-        "nccl_exposed_ms_per_step": (_union_length(spans) - _union_length(compute)) * per_step,
+        "nccl_exposed_ms_per_step": (busy_us - _union_length(compute)) * per_step,
     }
     return result
 

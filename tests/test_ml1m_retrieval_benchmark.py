@@ -92,7 +92,8 @@ def _run(config: str, seed: int | None, hr_10: float | None, **extra) -> dict:
 def _file(path: Path, hr_10s: list[float | None], config: str = "conf/ml-1m/hstu-large.yaml", **top) -> Path:
     runs = [_run(config, seed, v) for seed, v in enumerate(hr_10s)]
     data = {"device": "H100", "kernel": "triton", "precision": "32-true", "data": "d", "epochs": 101,
-            "seeds": list(range(len(hr_10s))), "concurrent_runs": 1, "runs": runs, **top}
+            "seeds": list(range(len(hr_10s))), "concurrent_runs": 1, "runs": runs, "summary": bench._summaries(runs),
+            **top}
     path.write_text(json.dumps(data))
     return path
 

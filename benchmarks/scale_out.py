@@ -74,7 +74,6 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
-from torch.autograd import DeviceType
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -84,6 +83,14 @@ from gr_lightning.callbacks import training_flops
 from gr_lightning.module import GRModule
 from gr_lightning.strategies import BackboneFSDPStrategy
 from gr_lightning.zoo.hstu import HSTU
+
+# This file is both a script (``python benchmarks/scale_out.py``: its folder is already on sys.path) and a module
+# that tests load by file path. benchmarks/ is not a package: put its folder on sys.path in both cases, so the
+# helper modules beside this file import by their top-level names.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _loss_curves import compare, noise_references
+from _profile_summary import profile_breakdown
 
 STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("bf16-mixed", "32-true")
@@ -95,8 +102,6 @@ PARAM_DTYPES = ("float32", "bfloat16")
 VARIANTS = ("main", "reorder")
 #: torch's DistributedDataParallel bucket size when none is given, MiB.
 TORCH_DEFAULT_BUCKET_CAP_MB = 25.0
-#: Steps of the moving average and of the tail mean in loss-curve comparisons.
-SMOOTH_WINDOW = 10
 #: Step phases: between which of StepRecorder's marks (Lightning hooks) each one runs.
 PHASES = {"forward": ("start", "before_backward"),  # training_step (loss included) and zero_grad
           "backward": ("before_backward", "after_backward"),  # autograd and the wait for the gradient reduction
@@ -233,96 +238,6 @@ class _PhaseClock:
         if self.device.type == "cuda":
             return {phase: self.marks[a].elapsed_time(self.marks[b]) for phase, (a, b) in PHASES.items()}
         return {phase: (self.marks[b] - self.marks[a]) * 1e3 for phase, (a, b) in PHASES.items()}
-
-
-def _union_length(intervals: list[tuple[float, float]]) -> float:
-    """Length of the union of ``[start, end)`` intervals: kernels overlapping on several streams count once.
-
-    Hand-written (a sort and a sweep): neither torch.profiler nor numpy offers an interval union.
-    """
-    total, reach = 0.0, -math.inf
-    for start, end in sorted(intervals):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
-
-
-#: Kineto's names of the device activities that occupy the GPU (not annotation spans or CUDA_SYNC waits).
-_DEVICE_WORK = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
-#: CUDA_SYNC records, recognised by name where torch's events do not carry their kineto activity type.
-_SYNC_NAMES = frozenset({"Context Sync", "Stream Sync", "Event Sync", "Stream Wait Event"})
-
-
-def _is_device_activity(event: Any) -> bool:
-    """A kernel, memcpy or memset on the device; not a GPU-side span of a ``record_function`` annotation."""
-    if event.device_type == DeviceType.CPU or event.is_user_annotation:
-        return False
-    kind = getattr(event, "activity_type", None)  # FunctionEvent has it in newer torch only
-    return kind in _DEVICE_WORK if kind else event.name not in _SYNC_NAMES
-
-
-def profile_breakdown(events: Any, wall_s: float, steps: int, on_device: bool, top: int = 25) -> dict[str, Any]:
-    """Where ``steps`` profiled steps spent their ``wall_s`` seconds, per step, from ``torch.profiler`` events.
-
-    Args:
-        events: ``profiler.events()`` of the profiled window.
-        wall_s: Host wall time of the window, measured around it after synchronising the device.
-        steps: Steps in the window.
-        on_device: CUDA activities were recorded: rank ops and kernels by self device time (else by self CPU
-            time, and no device section).
-        top: Rows to keep in each table.
-
-    Returns:
-        ``wall_ms_per_step``, ``ranked_by``, ``top_ops`` (CPU-side ops: calls per step, self device and self
-        CPU ms per step, ``share`` = the ranked time over the step's wall time), ``top_kernels`` (device
-        activities by kernel name) and ``device`` (None on CPU): kernel time, busy and idle time, NCCL share
-        and NCCL time that no other device activity overlaps.
-
-    """
-    per_step = 1e-3 / steps  # profiler microseconds over the window -> milliseconds per step
-    wall_ms = wall_s * 1e3 / steps
-    ranked = "self_device_time_total" if on_device else "self_cpu_time_total"
-    ops = [a for a in events.key_averages() if a.device_type == DeviceType.CPU]
-    ops.sort(key=lambda a: getattr(a, ranked), reverse=True)
-    top_ops = [{"name": a.key[:120], "calls_per_step": a.count / steps,
-                "device_ms_per_step": a.self_device_time_total * per_step if on_device else None,
-                "cpu_ms_per_step": a.self_cpu_time_total * per_step,
-                "share": getattr(a, ranked) * per_step / wall_ms} for a in ops[:top]]
-    result: dict[str, Any] = {"steps": steps, "wall_ms_per_step": wall_ms,
-                              "ranked_by": "self_device_time" if on_device else "self_cpu_time",
-                              "top_ops": top_ops, "top_kernels": [], "device": None}
-    if not on_device:
-        return result
-    activities = [e for e in events if _is_device_activity(e)]
-    kernels: dict[str, list[float]] = {}
-    for e in activities:
-        kernels.setdefault(e.name, []).append(e.time_range.end - e.time_range.start)
-    ordered = sorted(kernels.items(), key=lambda kv: sum(kv[1]), reverse=True)
-    result["top_kernels"] = [{"name": name[:120], "calls_per_step": len(d) / steps,
-                              "device_ms_per_step": sum(d) * per_step, "share": sum(d) * per_step / wall_ms}
-                             for name, d in ordered[:top]]
-    spans = [(e.time_range.start, e.time_range.end) for e in activities]
-    compute = [(e.time_range.start, e.time_range.end) for e in activities if "nccl" not in e.name.lower()]
-    kernel_us = sum(end - start for start, end in spans)
-    nccl_us = kernel_us - sum(end - start for start, end in compute)
-    busy_us = _union_length(spans)
-    busy_ms = busy_us * per_step
-    # GPU idle per step = host wall time of the window (device synchronised at both ends, so every device
-    # activity of these steps lies inside it) minus the time at least one kernel/memcpy/memset ran on any
-    # stream (union of their intervals on the device clock). Only durations are compared, never timestamps
-    # of the two clocks. NCCL kernels count as busy while they spin waiting for a peer; "nccl_exposed" is
-    # the time they ran with nothing else on the device: communication the step waited for.
-    result["device"] = {
-        "kernel_ms_per_step": kernel_us * per_step,
-        "busy_ms_per_step": busy_ms,
-        "idle_ms_per_step": max(wall_ms - busy_ms, 0.0),
-        "idle_share": max(wall_ms - busy_ms, 0.0) / wall_ms,
-        "nccl_ms_per_step": nccl_us * per_step,
-        "nccl_share": nccl_us / kernel_us if kernel_us else 0.0,
-        "nccl_exposed_ms_per_step": (busy_us - _union_length(compute)) * per_step,
-    }
-    return result
 
 
 class StepRecorder(L.Callback):
@@ -591,137 +506,6 @@ def run_one(args: argparse.Namespace) -> None:
 
 
 # --- the sweep ------------------------------------------------------------------------------------------
-
-
-#: The loss-gap statistics every comparison reports and checks against each noise reference.
-GAP_STATISTICS = ("max_abs", "mean_abs", "smoothed_max_abs", "tail_abs")
-#: The statistic the verdict uses: the mean over all steps, not one step's extreme in a chaotic stretch.
-VERDICT_STATISTIC = "mean_abs"
-
-
-def curve_gap(a: list[float], b: list[float], window: int = SMOOTH_WINDOW) -> dict[str, Any]:
-    """How far two loss curves are apart, raw and smoothed.
-
-    Args:
-        a: One loss curve.
-        b: The other, as long.
-        window: Steps of the moving average and of the tail mean (shortened to the curve's length).
-
-    Returns:
-        ``max_abs``, ``mean_abs`` and ``max_rel`` of the per-step difference; ``smoothed_max_abs``, the
-        largest difference of the two curves' ``window``-step moving averages; ``tail_abs``, the difference
-        of their means over the last ``window`` steps; ``first_differing_step``, the first step whose
-        losses are not bitwise equal (None: identical curves); and ``smoothing_window``.
-
-    Raises:
-        ValueError: The curves differ in length or are empty.
-
-    """
-    if len(a) != len(b) or not a:
-        raise ValueError(f"loss curves of different or zero length: {len(a)} vs {len(b)}")
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    diff = np.abs(x - y)
-    w = min(window, x.size)
-    box = np.full(w, 1.0 / w)
-    smoothed = np.abs(np.convolve(x, box, mode="valid") - np.convolve(y, box, mode="valid"))  # (n - w + 1,)
-    differing = np.flatnonzero(x != y)
-    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
-            "max_rel": float((diff / np.maximum(np.abs(x), 1e-12)).max()),
-            "smoothed_max_abs": float(smoothed.max()), "tail_abs": float(abs(x[-w:].mean() - y[-w:].mean())),
-            "first_differing_step": int(differing[0]) if differing.size else None, "smoothing_window": w}
-
-
-def _key(run: dict[str, Any]) -> tuple[str, str, int, str]:
-    config = run["config"]
-    return config["strategy"], config["precision"], config["devices"], config.get("variant", "main")
-
-
-def _noise(by_key: dict[tuple[str, str, int, str], dict[str, Any]], precision: str,
-           devices: int) -> dict[str, dict[str, Any]]:
-    """The noise references at one precision and device count: whichever of the two this sweep measured."""
-    refs = {}
-    ddp, rerun = by_key.get(("ddp", precision, devices, "main")), by_key.get(("ddp", precision, devices, "reorder"))
-    if ddp is not None and rerun is not None:
-        refs["reorder"] = curve_gap(ddp["summary"]["loss_curve"], rerun["summary"]["loss_curve"])
-    bf16, fp32 = by_key.get(("ddp", "bf16-mixed", devices, "main")), by_key.get(("ddp", "32-true", devices, "main"))
-    if bf16 is not None and fp32 is not None:
-        refs["bf16_vs_fp32"] = curve_gap(bf16["summary"]["loss_curve"], fp32["summary"]["loss_curve"])
-    return refs
-
-
-def noise_references(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per precision and device count: how far DDP's loss curve moves under perturbations unrelated to sharding.
-
-    ``reorder``: DDP against its rerun with other bucket boundaries (same seed, data and math). Over more
-    than 2 ranks the boundaries change where NCCL's ring starts each element's sum, so the float
-    summation order; over 2 ranks ``a + b`` is commutative and over 1 there is no sum, so there it
-    measures only the run-to-run nondeterminism of atomic-add kernels (zero if training is bitwise
-    reproducible). ``bf16_vs_fp32``: DDP's bf16-mixed against its 32-true curve, a much larger per-step
-    perturbation. Training is chaotic, so after enough steps any perturbation grows to a similar gap.
-    """
-    by_key = {_key(r): r for r in runs}
-    out = []
-    for precision, devices in sorted({(p, d) for s, p, d, v in by_key if s == "ddp" and v == "main"},
-                                     key=lambda pd: (pd[1], pd[0])):
-        refs = _noise(by_key, precision, devices)
-        if refs:
-            out.append({"devices": devices, "precision": precision, **refs})
-    return out
-
-
-def _verdict(gap: dict[str, Any], refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Whether ``gap`` is within the noise, saying which criterion decided, and every check besides."""
-    checks = {name: {stat: gap[stat] <= ref[stat] for stat in GAP_STATISTICS} for name, ref in refs.items()}
-    if not refs:
-        return {"within_noise": None, "criterion": "none: this sweep measured no noise reference at this "
-                "precision and device count", "checks": checks}
-    # The widest band of the references measured: each is one draw of how far chaos alone moves the curve.
-    name = max(refs, key=lambda n: refs[n][VERDICT_STATISTIC])
-    band = refs[name][VERDICT_STATISTIC]
-    verdict = {"within_noise": gap[VERDICT_STATISTIC] <= band,
-               "criterion": f"{VERDICT_STATISTIC} (mean |loss gap| over all steps) of FSDP vs DDP <= that of the "
-                            f"widest noise reference measured ({name}: {band:.4g})",
-               "statistic": VERDICT_STATISTIC, "reference": name, "gap": gap[VERDICT_STATISTIC], "band": band,
-               "ratio": gap[VERDICT_STATISTIC] / band if band else None, "checks": checks}
-    if "reorder" in refs and refs["reorder"]["first_differing_step"] is None:
-        verdict["note"] = ("DDP and its rerun are bitwise identical: training is reproducible here, so any FSDP "
-                           "gap is a deterministic numerical difference, judged against bf16-vs-fp32's size")
-    return verdict
-
-
-def compare(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """FSDP against DDP at each device count and precision: loss curves and per-GPU memory.
-
-    FSDP's loss-curve gap to DDP is reported against the noise references of :func:`noise_references`
-    at the same device count (``reorder_noise`` and ``bf16_noise``), by every statistic of
-    :func:`curve_gap`. ``verdict`` decides by :data:`VERDICT_STATISTIC` against the widest reference
-    and names it; ``verdict["checks"]`` holds every statistic against every reference.
-    ``within_bf16_noise`` is the first criterion, kept for old readers: max gap <= DDP's bf16-vs-fp32
-    max gap (one noisy extreme against another).
-    """
-    by_key = {_key(r): r for r in runs}
-    out = []
-    for (strategy, precision, devices, variant), fsdp in sorted(by_key.items(), key=lambda kv: (kv[0][2], kv[0][1])):
-        ddp = by_key.get(("ddp", precision, devices, "main"))
-        if strategy != "fsdp" or variant != "main" or ddp is None:
-            continue
-        row: dict[str, Any] = {"devices": devices, "precision": precision,
-                               "loss_gap": curve_gap(ddp["summary"]["loss_curve"], fsdp["summary"]["loss_curve"]),
-                               "embedding_gib_per_gpu": {"ddp": ddp["summary"]["embedding_gib_per_gpu"],
-                                                         "fsdp": fsdp["summary"]["embedding_gib_per_gpu"]},
-                               "peak_allocated_gib_max": {"ddp": ddp["summary"]["peak_allocated_gib_max"],
-                                                          "fsdp": fsdp["summary"]["peak_allocated_gib_max"]},
-                               "samples_per_s": {"ddp": ddp["summary"]["samples_per_s"],
-                                                 "fsdp": fsdp["summary"]["samples_per_s"]}}
-        refs = _noise(by_key, precision, devices)
-        if "bf16_vs_fp32" in refs:
-            row["bf16_noise"] = refs["bf16_vs_fp32"]
-            row["within_bf16_noise"] = row["loss_gap"]["max_abs"] <= refs["bf16_vs_fp32"]["max_abs"]
-        if "reorder" in refs:
-            row["reorder_noise"] = refs["reorder"]
-        row["verdict"] = _verdict(row["loss_gap"], refs)
-        out.append(row)
-    return out
 
 
 class RunSpec(NamedTuple):

@@ -1,10 +1,12 @@
-"""benchmarks/scale_out.py: CPU smoke sweeps (DDP on gloo processes), profiles, options, data and comparisons."""
+"""benchmarks/scale_out.py and its helpers: CPU smoke sweeps (DDP on gloo processes), profiles, options, data,
+loss-curve comparisons (``_loss_curves``) and the profiler summary (``_profile_summary``)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,13 @@ from torch.autograd import DeviceType
 from torch.autograd.profiler_util import EventList, FunctionEvent
 
 from tests.conftest import REPO_ROOT
+
+# benchmarks/ is a folder of scripts, not a package: its helper modules import by their top-level names, as
+# scale_out.py imports them (it puts the same folder on sys.path).
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+import _loss_curves as loss_curves
+import _profile_summary as profile_summary
 
 SCRIPT = REPO_ROOT / "benchmarks" / "scale_out.py"
 
@@ -137,7 +146,7 @@ def _run(strategy: str, precision: str, curve: list[float], embedding_gib: float
 def test_fsdp_is_judged_against_ddp_and_the_bf16_noise():
     runs = [_run("ddp", "32-true", [5.0, 4.0, 3.0], 4.0), _run("ddp", "bf16-mixed", [5.0, 4.1, 3.05], 4.0),
             _run("fsdp", "bf16-mixed", [5.0, 4.05, 3.1], 1.0), _run("fsdp", "32-true", [5.0, 4.5, 3.0], 1.0)]
-    rows = {r["precision"]: r for r in scale_out.compare(runs)}
+    rows = {r["precision"]: r for r in loss_curves.compare(runs)}
     assert rows["bf16-mixed"]["loss_gap"]["max_abs"] == pytest.approx(0.05)
     assert rows["bf16-mixed"]["bf16_noise"]["max_abs"] == pytest.approx(0.1)
     assert rows["bf16-mixed"]["within_bf16_noise"] is True
@@ -146,7 +155,7 @@ def test_fsdp_is_judged_against_ddp_and_the_bf16_noise():
     assert rows["bf16-mixed"]["verdict"]["within_noise"] is True and rows["32-true"]["verdict"]["within_noise"] is False
     assert rows["32-true"]["verdict"]["reference"] == "bf16_vs_fp32" and "reorder_noise" not in rows["32-true"]
     with pytest.raises(ValueError, match="length"):
-        scale_out.curve_gap([1.0], [1.0, 2.0])
+        loss_curves.curve_gap([1.0], [1.0, 2.0])
 
 
 def test_curve_gap_smooths_out_a_single_spike():
@@ -154,14 +163,14 @@ def test_curve_gap_smooths_out_a_single_spike():
     base = list(5.0 - np.cumsum(rng.uniform(0.01, 0.1, 14)))
     spiked = list(base)
     spiked[3] += 0.5
-    gap = scale_out.curve_gap(base, spiked)
+    gap = loss_curves.curve_gap(base, spiked)
     assert gap["max_abs"] == pytest.approx(0.5) and gap["mean_abs"] == pytest.approx(0.5 / 14)
     assert gap["first_differing_step"] == 3 and gap["smoothing_window"] == 10
     assert gap["smoothed_max_abs"] == pytest.approx(0.05)  # one step in a 10-step average
     assert gap["tail_abs"] == 0.0  # the last 10 steps (4..13) agree
-    same = scale_out.curve_gap(base, list(base))
+    same = loss_curves.curve_gap(base, list(base))
     assert same["first_differing_step"] is None and same["max_abs"] == same["tail_abs"] == 0.0
-    short = scale_out.curve_gap([1.0, 2.0, 3.0], [1.0, 2.0, 3.3])
+    short = loss_curves.curve_gap([1.0, 2.0, 3.0], [1.0, 2.0, 3.3])
     assert short["smoothing_window"] == 3 and short["tail_abs"] == pytest.approx(0.1)
 
 
@@ -173,7 +182,7 @@ def test_fsdp_is_judged_against_the_reorder_noise_and_names_its_criterion():
             _run("ddp", "bf16-mixed", list(ddp + 0.02 * wiggle), 4.0, "reorder"),
             _run("ddp", "32-true", list(ddp + 0.005 * wiggle), 4.0, "main"),
             _run("fsdp", "bf16-mixed", list(ddp + 0.01 * wiggle), 1.0, "main")]
-    (row,) = scale_out.compare(runs)
+    (row,) = loss_curves.compare(runs)
     reorder, bf16 = row["reorder_noise"], row["bf16_noise"]
     assert reorder["mean_abs"] == pytest.approx(0.02 * np.abs(wiggle).mean())
     assert bf16["mean_abs"] == pytest.approx(0.005 * np.abs(wiggle).mean())
@@ -183,24 +192,30 @@ def test_fsdp_is_judged_against_the_reorder_noise_and_names_its_criterion():
     assert "mean_abs" in verdict["criterion"] and "reorder" in verdict["criterion"]
     assert verdict["ratio"] == pytest.approx(0.5)
     assert row["within_bf16_noise"] is False
-    assert verdict["checks"]["reorder"] == dict.fromkeys(scale_out.GAP_STATISTICS, True)
-    assert verdict["checks"]["bf16_vs_fp32"] == dict.fromkeys(scale_out.GAP_STATISTICS, False)
-    fp32_row, bf16_row = scale_out.noise_references(runs)  # by device count, then precision name
+    assert verdict["checks"]["reorder"] == dict.fromkeys(loss_curves.GAP_STATISTICS, True)
+    assert verdict["checks"]["bf16_vs_fp32"] == dict.fromkeys(loss_curves.GAP_STATISTICS, False)
+    fp32_row, bf16_row = loss_curves.noise_references(runs)  # by device count, then precision name
     assert (bf16_row["precision"], bf16_row["reorder"], bf16_row["bf16_vs_fp32"]) == ("bf16-mixed", reorder, bf16)
     assert fp32_row["precision"] == "32-true" and "reorder" not in fp32_row  # no fp32 rerun in this sweep
     # A rerun that reproduces DDP bit for bit: the verdict says FSDP's gap is deterministic, not noise.
     runs[1] = _run("ddp", "bf16-mixed", list(ddp), 4.0, "reorder")
-    (row,) = scale_out.compare(runs)
+    (row,) = loss_curves.compare(runs)
     assert row["verdict"]["reference"] == "bf16_vs_fp32" and row["verdict"]["within_noise"] is False
     assert "bitwise identical" in row["verdict"]["note"]
-    (row,) = scale_out.compare(runs[3:] + runs[:1])  # no reference at all
+    (row,) = loss_curves.compare(runs[3:] + runs[:1])  # no reference at all
     assert row["verdict"]["within_noise"] is None and row["verdict"]["criterion"].startswith("none")
+
+
+def test_scale_out_uses_the_helper_modules_the_tests_import():
+    # One module object each, whether imported by name or by scale_out loaded from its path: no stale copy.
+    assert scale_out.compare is loss_curves.compare and scale_out.noise_references is loss_curves.noise_references
+    assert scale_out.profile_breakdown is profile_summary.profile_breakdown
 
 
 def test_committed_sweeps_keep_their_comparison_fields():
     for path in sorted((REPO_ROOT / "benchmarks" / "results").glob("scale_out_*.json")):
         data = json.loads(path.read_text())
-        rows = scale_out.compare(data["runs"])
+        rows = loss_curves.compare(data["runs"])
         assert len(rows) == len(data["comparisons"]) > 0, path.name
         for new, old in zip(rows, data["comparisons"], strict=True):
             assert set(old) <= set(new) and set(old["loss_gap"]) <= set(new["loss_gap"])
@@ -228,7 +243,7 @@ def test_profile_breakdown_of_device_events():
         _device_event("Event Sync", 0, 1000),  # the same, from a torch without activity types
     ], use_device="cuda")
     events._build_tree()  # parents and children, as the profiler does before handing events out
-    out = scale_out.profile_breakdown(events, wall_s=2e-3, steps=2, on_device=True)
+    out = profile_summary.profile_breakdown(events, wall_s=2e-3, steps=2, on_device=True)
     assert out["wall_ms_per_step"] == pytest.approx(1.0) and out["ranked_by"] == "self_device_time"
     assert out["top_ops"][0]["name"] == "aten::mm" and out["top_ops"][0]["device_ms_per_step"] == pytest.approx(0.25)
     kernels = {k["name"]: k for k in out["top_kernels"]}

@@ -40,9 +40,12 @@ def make_batch(batch, n, heads, d_qk, d_v, dtype, seed, targets=None, device="cu
     q, k, v = (t.contiguous().to(device) for t in qkv.split([d_qk, d_qk, d_v], dim=-1))
     gaps = torch.randint(1, 200_000, (total,), generator=gen)
     ts = (1_600_000_000 + gaps.cumsum(0)).to(device)
+    # bursty activity: gaps log-uniform from 1 s to 11 days, so far fewer tiles fall in one time bucket
+    bursty = (10 ** (torch.rand(total, generator=gen) * 6)).long()
+    ts_bursty = (1_600_000_000 + bursty.cumsum(0)).to(device)
     return dict(
         q=q, k=k, v=v, offsets=offsets.to(device), max_len=int(lengths.max()), lengths=lengths,
-        timestamps=ts,
+        timestamps=ts, timestamps_bursty=ts_bursty,
         pos_bias=(torch.randn(2 * n - 1, generator=gen) * 0.1).to(dtype).to(device),
         time_bias=(torch.randn(NUM_BUCKETS + 1, generator=gen) * 0.1).to(dtype).to(device),
         num_targets=None if targets is None else torch.full((batch,), targets, dtype=torch.int64).to(device),
@@ -52,20 +55,21 @@ def make_batch(batch, n, heads, d_qk, d_v, dtype, seed, targets=None, device="cu
 
 #: Variants measured at every shape (the issue's list); the first shape also gets EXTRA_VARIANTS.
 VARIANTS = ("nobias", "bias", "targets", "reference", "sdpa_flash")
-#: pos / time: one bias table alone (where the bias cost goes); bias_atomic_{pos,time,both}: both tables with
-#: the backward's per-element atomic reduction (``_BIAS_GRAD`` bits) for one or both tables.
+#: pos / time: one bias table alone (where the bias cost goes); bias_frozen: both tables without their
+#: gradients (the q, k, v kernels' share of the bias cost); bias_bursty: both tables on bursty event times
+#: (gaps log-uniform in [1 s, 11 days]), where fewer tiles are uniform in time bucket.
 #: ``*_heads_major``: the same call with the kernels' older grid order (``_TILE_MAJOR = False``).
-EXTRA_VARIANTS = ("pos", "time", "bias_atomic_pos", "bias_atomic_time", "bias_atomic_both", "nobias_heads_major",
-                  "bias_heads_major")
-_BIAS_GRAD_OF = {"bias_atomic_pos": 1, "bias_atomic_time": 2, "bias_atomic_both": 3}
+EXTRA_VARIANTS = ("pos", "time", "bias_frozen", "bias_bursty", "nobias_heads_major", "bias_heads_major")
 _HEADS_MAJOR = "_heads_major"
+_BOTH_TABLES = ("bias", "bias_frozen", "bias_bursty")
 
 
 def call_kwargs(b, n, variant):
     variant = variant.removesuffix(_HEADS_MAJOR)
     kw = dict(alpha=1.0 / D**0.5, scale_len=n)
-    if variant == "bias" or variant in _BIAS_GRAD_OF:
-        kw.update(pos_bias=b["pos_bias"], time_bias=b["time_bias"], timestamps=b["timestamps"])
+    if variant in _BOTH_TABLES:
+        ts = b["timestamps_bursty"] if variant == "bias_bursty" else b["timestamps"]
+        kw.update(pos_bias=b["pos_bias"], time_bias=b["time_bias"], timestamps=ts)
     if variant == "pos":
         kw.update(pos_bias=b["pos_bias"])
     if variant == "time":
@@ -129,9 +133,13 @@ def sdpa_fn(b, batch, n):
 
 def ours_fns(b, n, variant):
     kw = call_kwargs(b, n, variant)
-    leaves = [b["q"], b["k"], b["v"]] + [kw[x] for x in ("pos_bias", "time_bias") if x in kw]
+    tables = [] if variant == "bias_frozen" else [kw[x] for x in ("pos_bias", "time_bias") if x in kw]
+    leaves = [b["q"], b["k"], b["v"], *tables]
     for t in leaves:
         t.requires_grad_()
+    for x in ("pos_bias", "time_bias"):
+        if variant == "bias_frozen" and x in kw:
+            kw[x] = kw[x].detach()
 
     def fwd():
         with torch.no_grad():
@@ -227,7 +235,6 @@ def main():
         if args.variants:
             variants = tuple(args.variants.split(","))
         for variant in variants:
-            hstu_mod._BIAS_GRAD = _BIAS_GRAD_OF.get(variant, 0)
             hstu_mod._TILE_MAJOR = not variant.endswith(_HEADS_MAJOR)
             b = make_batch(batch, n, H, D, D, torch.bfloat16, seed=0, targets=16)
             flops = attention_flops(b["lengths"], H, D, D)

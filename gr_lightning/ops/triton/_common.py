@@ -60,21 +60,57 @@ def pos_index(i, j, scale_len):
 
 
 @triton.jit
-def time_index(next_ts, ts, num_buckets, FAST: tl.constexpr):
-    """Temporal bucket: ``clamp(floor(ln(max(|next_ts - ts|, 1)) / 0.301), 0, num_buckets)``.
+def bucket_of_gap(gap, num_buckets, FAST: tl.constexpr):
+    """Temporal bucket of a non-negative time gap: ``clamp(floor(ln(max(gap, 1)) / 0.301), 0, num_buckets)``.
 
-    ``next_ts`` and ``ts`` are relative to the sequence's first event (int32 for integer seconds), so the
-    gap is exact; FAST takes the logarithm with one ``lg2.approx`` (MUFU) instead of libdevice's ``logf``.
+    FAST takes the logarithm with one ``lg2.approx`` (MUFU) instead of libdevice's ``logf``. Clamping
+    before the integer conversion makes the truncation a floor (the value is non-negative), so no
+    ``floor`` instruction is needed.
     """
-    gap = tl.maximum(tl.abs(next_ts - ts), 1).to(tl.float32)
+    gap = tl.maximum(gap, 1).to(tl.float32)
     if FAST:
         lg2 = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [gap], dtype=tl.float32,
                                         is_pure=True, pack=1)
-        bucket = tl.floor(lg2 * (0.6931471805599453 / _TIME_BUCKET_WIDTH))
+        bucket = lg2 * (0.6931471805599453 / _TIME_BUCKET_WIDTH)
     else:
-        bucket = tl.floor(tl.log(gap) / _TIME_BUCKET_WIDTH)
+        bucket = tl.log(gap) / _TIME_BUCKET_WIDTH
     bucket = tl.minimum(tl.maximum(bucket, 0.0), num_buckets * 1.0)
     return bucket.to(tl.int32)
+
+
+@triton.jit
+def time_index(next_ts, ts, num_buckets, FAST: tl.constexpr):
+    """Temporal bucket of the pair (request time ``next_ts``, event time ``ts``): see ``bucket_of_gap``.
+
+    ``next_ts`` and ``ts`` are relative to the sequence's first event (int32 for integer seconds), so the
+    gap is exact.
+    """
+    return bucket_of_gap(tl.abs(next_ts - ts), num_buckets, FAST)
+
+
+@triton.jit
+def uniform_bucket(next_lo, next_hi, ts_lo, ts_hi, num_buckets, FAST: tl.constexpr):
+    """Whether every pair of a tile falls in one temporal bucket, and that bucket.
+
+    The tile's request times lie in ``[next_lo, next_hi]`` and its event times in ``[ts_lo, ts_hi]``, so
+    its gaps ``|next - ts|`` lie in ``[g_lo, g_hi]`` (``g_lo = 0`` when the signed range crosses zero). The
+    bucket is non-decreasing in the gap, so the tile is uniform when both ends share a bucket. Far from
+    the diagonal, a tile's gaps differ by less than a bucket's width (a factor of 1.35), and its bias
+    becomes one scalar instead of a per-element logarithm and table gather.
+    """
+    d_lo = next_lo - ts_hi
+    d_hi = next_hi - ts_lo
+    g_hi = tl.maximum(tl.abs(d_lo), tl.abs(d_hi))
+    g_lo = tl.where((d_lo <= 0) & (d_hi >= 0), 0, tl.minimum(tl.abs(d_lo), tl.abs(d_hi)))
+    ends = bucket_of_gap(tl.where(tl.arange(0, 2) == 0, g_lo, g_hi), num_buckets, FAST)  # (2,)
+    lo = tl.min(ends, axis=0)
+    return lo == tl.max(ends, axis=0), lo
+
+
+@triton.jit
+def valid_range(x, valid, fallback):
+    """``(min, max)`` of ``x`` over the ``valid`` entries; ``fallback`` must be one of them."""
+    return tl.min(tl.where(valid, x, fallback), axis=0), tl.max(tl.where(valid, x, fallback), axis=0)
 
 
 @triton.jit

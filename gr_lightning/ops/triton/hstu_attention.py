@@ -12,7 +12,7 @@ atomics. Semantics match :func:`gr_lightning.ops.pytorch.hstu_attention` exactly
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 
 import torch
 import triton
@@ -27,6 +27,8 @@ from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
 from gr_lightning.ops.triton._common import pos_index as _pos_index
 from gr_lightning.ops.triton._common import sigmoid as _sigmoid
 from gr_lightning.ops.triton._common import time_index as _time_index
+from gr_lightning.ops.triton._common import uniform_bucket as _uniform_bucket
+from gr_lightning.ops.triton._common import valid_range as _valid_range
 
 #: Tests set this to a float (NaN) so that outputs start poisoned and unwritten elements show.
 _POISON: float | None = None
@@ -34,6 +36,10 @@ _POISON: float | None = None
 #: Tests set this to ``(BLOCK_M, BLOCK_N)`` pairs to force the interpreter's tile shapes.
 _INTERPRET_FWD_BLOCKS: tuple[int, int] = (16, 16)
 _INTERPRET_BWD_BLOCKS: tuple[int, int] = (16, 16)
+
+#: Columns of the expanded positional table (``_expand_pos_bias``): the widest key tile of any config.
+_POS_WIDTH = 128
+_POS_W: tl.constexpr = tl.constexpr(_POS_WIDTH)
 
 #: Benchmarks set this to ``{"BLOCK_M": .., "BLOCK_N": .., "num_warps": .., "num_stages": ..}`` to skip
 #: autotuning (e.g. for correctness checks on odd shapes); None autotunes on GPU.
@@ -78,46 +84,159 @@ def _load_next_ts(NextTs, seq_start, pos, seq_len, ts_base, REL_TS: tl.constexpr
 
 
 # ----------------------------------------------------------------------------------------------------
+# Relative-bias tiles shared by the three kernels
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """The tile's positional bias, one 2-D block of the expanded table (see ``_expand_pos_bias``).
+
+    Row ``x = i - start_n + pos_center`` of the expanded table holds ``w[clamp(i - start_n - c)]`` in
+    column ``c``, so a tile is ``BLOCK_M`` consecutive rows: a coalesced load, no per-element index
+    arithmetic or gather. Returns ``(BLOCK_M, BLOCK_N)``, or ``(BLOCK_N, BLOCK_M)`` when TRANSPOSED.
+    """
+    x = offs_m - start_n + pos_center  # (BLOCK_M,)
+    cols = tl.arange(0, BLOCK_N)
+    if TRANSPOSED:
+        ptrs = PosE + x[None, :] * _POS_W + cols[:, None]
+    else:
+        ptrs = PosE + x[:, None] * _POS_W + cols[None, :]
+    return tl.load(ptrs).to(tl.float32)
+
+
+@triton.jit
+def _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
+               num_buckets, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr, TRANSPOSED: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The tile's temporal bias, its bucket indices (-1 when uniform), whether it is uniform, and its bucket.
+
+    ``next_ts`` are the tile's request times (``(BLOCK_M,)``, in ``[next_lo, next_hi]`` over its valid
+    rows). A tile whose pairs all fall in one bucket (``uniform_bucket``) adds one scalar and skips the
+    per-element logarithm and gather. Orientation ``(BLOCK_M, BLOCK_N)``, or ``(BLOCK_N, BLOCK_M)`` when
+    TRANSPOSED.
+    """
+    ts = _load_ts(Ts, seq_start, offs_n, seq_len, ts_base, REL_TS)  # (BLOCK_N,)
+    first = (tl.load(Ts + seq_start + start_n) - ts_base).to(REL_TS)
+    ts_lo, ts_hi = _valid_range(ts, offs_n < seq_len, first)
+    uniform, bucket = _uniform_bucket(next_lo, next_hi, ts_lo, ts_hi, num_buckets, FAST_LOG)
+    if uniform:
+        if TRANSPOSED:
+            idx = tl.full((BLOCK_N, BLOCK_M), -1, tl.int32)
+        else:
+            idx = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
+        bias = tl.zeros(idx.shape, tl.float32) + tl.load(TimeBias + bucket).to(tl.float32)
+    else:
+        if TRANSPOSED:
+            idx = _time_index(next_ts[None, :], ts[:, None], num_buckets, FAST_LOG)  # (BLOCK_N, BLOCK_M)
+        else:
+            idx = _time_index(next_ts[:, None], ts[None, :], num_buckets, FAST_LOG)  # (BLOCK_M, BLOCK_N)
+        bias = tl.load(TimeBias + idx).to(tl.float32)
+    return bias, idx, uniform, bucket
+
+
+@triton.jit
+def _key_ranges(start_m, seq_len, hist_end, num_contextual, window, HAS_CONTEXT: tl.constexpr,
+                HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key tiles a query tile visits.
+
+    ``[0, ctx_hi)``, ``[lo, full_lo)`` and ``[mid, hi)`` need the mask, ``[full_lo, full_hi)`` does not; the
+    first two exist only with a window.
+    """
+    hi = tl.minimum(start_m + BLOCK_M, seq_len)
+    if HAS_CONTEXT:  # noqa: SIM102 (a constexpr guard around a run-time test)
+        if start_m < num_contextual:
+            hi = seq_len
+    full_hi = (tl.minimum(start_m, hist_end) // BLOCK_N) * BLOCK_N
+    lo = start_m * 0
+    full_lo = start_m * 0
+    ctx_hi = start_m * 0
+    if HAS_WINDOW:
+        narrow = start_m + BLOCK_M <= hist_end  # no candidate row: every row is windowed
+        if HAS_CONTEXT:
+            narrow = narrow & (start_m >= num_contextual)
+        if narrow:
+            lo = (tl.maximum(start_m - window, 0) // BLOCK_N) * BLOCK_N
+            full_lo = tl.cdiv(tl.maximum(start_m + BLOCK_M - 1 - window, 0), BLOCK_N) * BLOCK_N
+            full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+            if HAS_CONTEXT:  # contextual key columns stay visible to every history row
+                ctx_hi = tl.minimum(tl.cdiv(num_contextual, BLOCK_N) * BLOCK_N, lo)
+        else:
+            full_lo = full_hi  # mixed rows: every tile is masked
+    return ctx_hi, lo, full_lo, full_hi, tl.maximum(full_hi, full_lo), hi
+
+
+# ----------------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _fwd_tile(acc, q, K, V, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n, seq_start, seq_len,
-              hist_end,
-              stride_kn, stride_vn, alpha, inv_scale, scale_len, num_contextual, window, num_buckets,
-              offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
-              BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-              HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
-              UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr):
+def _fwd_tile(acc, q, K, V, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, start_n,
+              seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
+              num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
+              BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr,
+              HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr,
+              PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr):
     """Add one key tile's contribution ``SiLU(S) / n @ V`` to ``acc``; unmasked tiles skip every check."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     rows = (seq_start + offs_n).to(tl.int64)
     k, v = _load_kv_tile(K, V, rows, offs_n < seq_len, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK, D_V,
                          BLOCK_DQK, BLOCK_DV, MASKED)
     s = _dot(q, tl.trans(k), PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_N)
-    i = offs_m[:, None]
-    j = offs_n[None, :]
     if HAS_POS:
-        s += tl.load(PosBias + _pos_index(i, j, scale_len)).to(tl.float32)
+        s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
     if HAS_TIME:
-        ts = _load_ts(Ts, seq_start, offs_n, seq_len, ts_base, REL_TS)
-        time_idx = _time_index(next_ts[:, None], ts[None, :], num_buckets, FAST_LOG)
-        s += tl.load(TimeBias + time_idx).to(tl.float32)
+        time_bias, _, _, _ = _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi,
+                                        offs_n, start_n, num_buckets, REL_TS, FAST_LOG, False, BLOCK_M,
+                                        BLOCK_N)
+        s += time_bias
     a = s * _sigmoid(s, FAST) * inv_scale
     if MASKED:
-        ok = _allowed(i, j, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW)
+        ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
+                      HAS_CONTEXT, HAS_WINDOW)
         a = tl.where(ok, a, 0.0)
     acc += _dot(a.to(v.dtype), v, PREC, UPCAST)
     return acc
 
 
 @triton.jit
+def _sequence(Offsets, NumTargets, b, HAS_TARGETS: tl.constexpr):
+    """Start, length and history end (first candidate row) of sequence ``b``."""
+    seq_start = tl.load(Offsets + b)
+    seq_len = (tl.load(Offsets + b + 1) - seq_start).to(tl.int32)
+    hist_end = seq_len
+    if HAS_TARGETS:
+        hist_end = seq_len - tl.load(NumTargets + b).to(tl.int32)
+    return seq_start, seq_len, hist_end
+
+
+@triton.jit
+def _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m, HAS_TIME: tl.constexpr,
+                   REL_TS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """A query tile's request times relative to the sequence's first event, and their valid range.
+
+    Returns ``(ts_base, next_ts, next_lo, next_hi)``; zeros without the temporal bias.
+    """
+    if HAS_TIME:
+        ts_base = tl.load(Ts + seq_start)
+        next_ts = _load_next_ts(NextTs, seq_start, offs_m, seq_len, ts_base, REL_TS)  # (BLOCK_M,)
+        first = (tl.load(NextTs + seq_start + start_m) - ts_base).to(REL_TS)
+        next_lo, next_hi = _valid_range(next_ts, offs_m < seq_len, first)
+    else:
+        ts_base = 0
+        next_ts = tl.zeros([BLOCK_M], dtype=tl.int32)
+        next_lo = 0
+        next_hi = 0
+    return ts_base, next_ts, next_lo, next_hi
+
+
+@triton.jit
 def _hstu_fwd_kernel(
-    Q, K, V, Out, Offsets, NumTargets, PosBias, TimeBias, Ts, NextTs,
+    Q, K, V, Out, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
-    alpha, inv_scale, scale_len, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
+    alpha, inv_scale, pos_center, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
@@ -133,16 +252,13 @@ def _hstu_fwd_kernel(
         pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    seq_start = tl.load(Offsets + b)
-    seq_len = (tl.load(Offsets + b + 1) - seq_start).to(tl.int32)
+    seq_start, seq_len, hist_end = _sequence(Offsets, NumTargets, b, HAS_TARGETS)
     start_m = pid_m * BLOCK_M
     if start_m >= seq_len:
         return
-    hist_end = seq_len
-    if HAS_TARGETS:
-        hist_end = seq_len - tl.load(NumTargets + b).to(tl.int32)
-
     offs_m = start_m + tl.arange(0, BLOCK_M)
+    ts_base, next_ts, next_lo, next_hi = _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m,
+                                                        HAS_TIME, REL_TS, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_rows = (seq_start + offs_m).to(tl.int64)
@@ -150,62 +266,35 @@ def _hstu_fwd_kernel(
                 mask=(offs_m[:, None] < seq_len) & (offs_dqk[None, :] < D_QK), other=0.0)
     Kh = K + h * stride_kh
     Vh = V + h * stride_vh
-    next_ts = tl.zeros([BLOCK_M], dtype=tl.int32)
-    ts_base = 0
-    if HAS_TIME:
-        ts_base = tl.load(Ts + seq_start)
-        next_ts = _load_next_ts(NextTs, seq_start, offs_m, seq_len, ts_base, REL_TS)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-
-    # Key range [lo, hi) that any row of this tile may see; [full_lo, full_hi) needs no mask.
-    hi = tl.minimum(start_m + BLOCK_M, seq_len)
-    if HAS_CONTEXT:  # noqa: SIM102 (a constexpr guard around a run-time test)
-        if start_m < num_contextual:
-            hi = seq_len
-    full_hi = (tl.minimum(start_m, hist_end) // BLOCK_N) * BLOCK_N
-    lo = start_m * 0
-    full_lo = start_m * 0
+    ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
+                                                         HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
     if HAS_WINDOW:
-        narrow = start_m + BLOCK_M <= hist_end  # no candidate row: every row is windowed
         if HAS_CONTEXT:
-            narrow = narrow & (start_m >= num_contextual)
-        if narrow:
-            lo = (tl.maximum(start_m - window, 0) // BLOCK_N) * BLOCK_N
-            full_lo = tl.cdiv(tl.maximum(start_m + BLOCK_M - 1 - window, 0), BLOCK_N) * BLOCK_N
-            full_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
-            if HAS_CONTEXT:
-                # Contextual key columns stay visible to every history row.
-                for start_n in range(0, tl.minimum(tl.cdiv(num_contextual, BLOCK_N) * BLOCK_N, lo), BLOCK_N):
-                    acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n,
-                                    seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
-                                    scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
-                                    D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
-                                    HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST,
-                                    REL_TS, FAST_LOG)
-        else:
-            full_lo = full_hi  # mixed rows: every tile is masked
+            for start_n in range(0, ctx_hi, BLOCK_N):
+                acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m,
+                                start_n, seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
+                                pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
+                                BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
+                                HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
         for start_n in range(lo, full_lo, BLOCK_N):
-            acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n,
-                            seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
-                            scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
-                            D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
-                            HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST,
-                                    REL_TS, FAST_LOG)
-    mid = tl.maximum(full_hi, full_lo)
+            acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m,
+                            start_n, seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
+                            pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
+                            BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
+                            HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
     for start_n in range(full_lo, full_hi, BLOCK_N):
-        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n,
-                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
-                        scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
-                        D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT,
-                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST,
-                                    REL_TS, FAST_LOG)
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m,
+                        start_n, seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
+                        pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
+                        BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT,
+                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
     for start_n in range(mid, hi, BLOCK_N):
-        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosBias, TimeBias, next_ts, offs_m, start_n,
-                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
-                        scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
-                        D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
-                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST,
-                                    REL_TS, FAST_LOG)
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m,
+                        start_n, seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
+                        pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
+                        BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
+                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
 
     o_ptrs = Out + h * stride_oh + q_rows[:, None] * stride_on + offs_dv[None, :]
     o_mask = (offs_m[:, None] < seq_len) & (offs_dv[None, :] < D_V)
@@ -213,20 +302,71 @@ def _hstu_fwd_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Backward: one program per (sequence, head, key tile); dK, dV in registers, dQ and bias grads by atomics
+# Backward of q, k, v: one program per (sequence, head, key tile); dK, dV in registers, dQ by atomics
 # ----------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _bwd_tile(dk, dv, k, v, Q, DO, DQ, NextTs, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, ts_k_next, offs_n,
-              start_n, start_m,
+def _query_ranges(start_n, seq_len, hist_end, num_contextual, window, HAS_TARGETS: tl.constexpr,
+                  HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """Query tiles that see a key tile.
+
+    ``[0, ctx_hi)``: contextual rows above the diagonal; ``[m_lo, m_diag)``: straddling the diagonal;
+    ``[m_diag, m_hi)``: below it (masked only when ``below_masked``); with a window, ``[m_cand, seq_len)``:
+    candidate rows past the band. All but the third always need the mask.
+    """
+    m_lo = (start_n // BLOCK_M) * BLOCK_M
+    m_diag = m_lo + tl.cdiv(tl.minimum(start_n + BLOCK_N, seq_len) - m_lo, BLOCK_M) * BLOCK_M
+    m_hi = seq_len
+    key_is_history = start_n < hist_end
+    if HAS_TARGETS:  # noqa: SIM102
+        if start_n >= hist_end:
+            m_hi = m_diag  # candidate keys are seen by their own row only
+    m_cand = seq_len
+    if HAS_WINDOW:
+        windowed = key_is_history
+        if HAS_CONTEXT:
+            windowed = windowed & (start_n >= num_contextual)
+        if windowed:
+            band_hi = tl.minimum(start_n + BLOCK_N + window, m_hi)
+            m_hi = tl.maximum(m_lo + tl.cdiv(band_hi - m_lo, BLOCK_M) * BLOCK_M, m_diag)
+            if HAS_TARGETS:
+                m_cand = tl.maximum((hist_end // BLOCK_M) * BLOCK_M, m_hi)
+    ctx_hi = start_n * 0
+    if HAS_CONTEXT:  # noqa: SIM102
+        if key_is_history:  # contextual rows see every history key, also keys above the diagonal
+            ctx_hi = tl.minimum(tl.cdiv(num_contextual, BLOCK_M) * BLOCK_M, m_lo)
+    below_masked = HAS_WINDOW
+    if HAS_TARGETS:
+        below_masked = below_masked | (start_n + BLOCK_N > hist_end)
+    return ctx_hi, m_lo, m_diag, m_hi, m_cand, below_masked
+
+
+@triton.jit
+def _scores_t(k, q, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, offs_n, start_n, seq_start,
+              seq_len, alpha, pos_center, num_buckets, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+              PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``S^T = alpha * K Q^T + bias^T``, ``(BLOCK_N, BLOCK_M)``."""
+    s = _dot(k, tl.trans(q), PREC, UPCAST) * alpha  # (BLOCK_N, BLOCK_M)
+    if HAS_POS:
+        s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, True)
+    if HAS_TIME:
+        time_bias, _, _, _ = _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi,
+                                        offs_n, start_n, num_buckets, REL_TS, FAST_LOG, True, BLOCK_M, BLOCK_N)
+        s += time_bias
+    return s
+
+
+@triton.jit
+def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n, start_m,
               seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn,
-              alpha, inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+              alpha, inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
               D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
               HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr,
-              GRAD_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr,
-              FAST_LOG: tl.constexpr, BIAS_GRAD: tl.constexpr, BLOCK_N: tl.constexpr):
+              HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+              REL_TS: tl.constexpr, FAST_LOG: tl.constexpr, BLOCK_N: tl.constexpr):
     """One query tile against the program's key tile, in the transposed orientation ``(BLOCK_N, BLOCK_M)``."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_len
@@ -235,47 +375,117 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, NextTs, ts_base, PosBias, TimeBias, DPos,
                 mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), other=0.0)
     do = tl.load(DO + rows[:, None] * stride_don + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < D_V), other=0.0)
-    s = _dot(k, tl.trans(q), PREC, UPCAST) * alpha  # (BLOCK_N, BLOCK_M) = S^T
-    i = offs_m[None, :]
-    j = offs_n[:, None]
-    if HAS_POS:
-        pos_idx = _pos_index(i, j, scale_len)
-        s += tl.load(PosBias + pos_idx).to(tl.float32)
-    if HAS_TIME:
-        next_ts = _load_next_ts(NextTs, seq_start, offs_m, seq_len, ts_base, REL_TS)
-        time_idx = _time_index(next_ts[None, :], ts_k[:, None], num_buckets, FAST_LOG)
-        s += tl.load(TimeBias + time_idx).to(tl.float32)
+    _, next_ts, next_lo, next_hi = _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m, HAS_TIME,
+                                                  REL_TS, BLOCK_M)
+    s = _scores_t(k, q, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, offs_n, start_n,
+                  seq_start, seq_len, alpha, pos_center, num_buckets, HAS_POS, HAS_TIME, PREC, UPCAST, REL_TS,
+                  FAST_LOG, BLOCK_M, BLOCK_N)
     sig = _sigmoid(s, False)
     a = s * sig * inv_scale
     da = _dot(v, tl.trans(do), PREC, UPCAST)  # (BLOCK_N, BLOCK_M) = dA^T
     ds = da * sig * (1.0 + s * (1.0 - sig)) * inv_scale
     if MASKED:
-        ok = _allowed(i, j, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW)
+        ok = _allowed(offs_m[None, :], offs_n[:, None], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
+                      HAS_CONTEXT, HAS_WINDOW)
         a = tl.where(ok, a, 0.0)
         ds = tl.where(ok, ds, 0.0)
-    else:
-        ok = row_ok[None, :] & (offs_n[:, None] < seq_len)
     dv += _dot(a.to(do.dtype), do, PREC, UPCAST)
     ds_lp = ds.to(q.dtype)
     dk += _dot(ds_lp, q, PREC, UPCAST)
     dq = _dot(tl.trans(ds_lp), k, PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_DQK)
     tl.atomic_add(DQ + rows[:, None] * stride_dqn + offs_dqk[None, :], dq,
                   mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), sem="relaxed")
-    if GRAD_POS:
-        if BIAS_GRAD & 1:  # one atomic per element into the program's private slot
-            tl.atomic_add(DPos + pos_idx, ds, mask=ok, sem="relaxed")
-        else:
-            _pos_grad(DPos, ds, pos_idx, ok, start_m, start_n, scale_len, BLOCK_M, BLOCK_N)
-    if GRAD_TIME and (BIAS_GRAD & 2):
-        tl.atomic_add(DTime + time_idx, ds, mask=ok, sem="relaxed")
-    elif GRAD_TIME:
-        if MASKED:
-            ok_next = _allowed(i, j + 1, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT,
-                               HAS_WINDOW)
-        else:
-            ok_next = row_ok[None, :] & (offs_n[:, None] + 1 < seq_len)
-        _time_grad(DTime, ds, time_idx, ok, next_ts, ts_k_next, ok_next, num_buckets, FAST_LOG, BLOCK_N)
     return dk, dv
+
+
+@triton.jit
+def _hstu_bwd_kernel(
+    Q, K, V, DO, DQ, DK, DV, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs,
+    stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
+    stride_dqn, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
+    alpha, inv_scale, pos_center, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
+    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    REL_TS: tl.constexpr, FAST_LOG: tl.constexpr, TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # Key tile n sees ~(N - n) query tiles: natural order is longest first.
+    if TILE_MAJOR:  # a (sequence, head)'s tiles run side by side and share its Q, dO and dQ in L2
+        pid_bh = tl.program_id(1)
+        pid_n = tl.program_id(0)
+    else:
+        pid_bh = tl.program_id(0)
+        pid_n = tl.program_id(1)
+    h = pid_bh % H
+    seq_start, seq_len, hist_end = _sequence(Offsets, NumTargets, pid_bh // H, HAS_TARGETS)
+    start_n = pid_n * BLOCK_N
+    if start_n >= seq_len:
+        return
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k_rows = (seq_start + offs_n).to(tl.int64)
+    k = tl.load(K + h * stride_kh + k_rows[:, None] * stride_kn + offs_dqk[None, :],
+                mask=(offs_n[:, None] < seq_len) & (offs_dqk[None, :] < D_QK), other=0.0)
+    v = tl.load(V + h * stride_vh + k_rows[:, None] * stride_vn + offs_dv[None, :],
+                mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V), other=0.0)
+    ts_base = 0
+    if HAS_TIME:
+        ts_base = tl.load(Ts + seq_start)
+    Qh = Q + h * stride_qh
+    DOh = DO + h * stride_doh
+    DQh = DQ + h * stride_dqh
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    ctx_hi, m_lo, m_diag, m_hi, m_cand, below_masked = _query_ranges(
+        start_n, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    if HAS_CONTEXT:
+        for start_m in range(0, ctx_hi, BLOCK_M):
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
+                               start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
+                               inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                               D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
+                               HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
+    for start_m in range(m_lo, m_diag, BLOCK_M):
+        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
+                           start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
+                           inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                           D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
+                           HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
+    if below_masked:
+        for start_m in range(m_diag, m_hi, BLOCK_M):
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
+                               start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
+                               inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                               D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
+                               HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
+    else:
+        for start_m in range(m_diag, m_hi, BLOCK_M):
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
+                               start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
+                               inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                               D_QK, D_V, BLOCK_M, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
+                               HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
+    if HAS_WINDOW:
+        for start_m in range(m_cand, seq_len, BLOCK_M):
+            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
+                               start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
+                               inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                               D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
+                               HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
+
+    key_ok = offs_n[:, None] < seq_len
+    tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
+             (dk * alpha).to(DK.dtype.element_ty), mask=key_ok & (offs_dqk[None, :] < D_QK))
+    tl.store(DV + h * stride_dvh + k_rows[:, None] * stride_dvn + offs_dv[None, :],
+             dv.to(DV.dtype.element_ty), mask=key_ok & (offs_dv[None, :] < D_V))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backward of the bias tables: one program per (sequence, query tile), dS summed over heads
+# ----------------------------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -301,13 +511,12 @@ def _time_grad(DTime, ds, time_idx, ok, next_ts, ts_k_next, ok_next, num_buckets
 
 
 @triton.jit
-def _pos_grad(DPos, ds, pos_idx, ok, start_m, start_n, scale_len, BLOCK_M: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+def _pos_grad(DPos, ds, i, j, ok, start_m, start_n, scale_len, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Add the tile's ``dS^T`` (``(BLOCK_N, BLOCK_M)``) to the positional-table gradient.
 
     The table row is ``(start_m - start_n) + (c - r)`` when unclamped: skew the tile so that each row
     holds one relative position (``z[k, c] = ds[(c + k) % BLOCK_N, c]``) and sum it, two atomics per
-    position instead of one per element.
+    position instead of one per element. Tiles that reach the clamped rows add per element.
     """
     rel0 = start_m - start_n
     unclamped = (rel0 - (BLOCK_N - 1) >= 1 - scale_len) & (rel0 + BLOCK_M - 1 <= scale_len - 1)
@@ -322,140 +531,140 @@ def _pos_grad(DPos, ds, pos_idx, ok, start_m, start_n, scale_len, BLOCK_M: tl.co
             tl.atomic_add(DPos + base + BLOCK_N - kk, tl.sum(tl.where(wrap, z, 0.0), axis=1),
                           mask=BLOCK_N - kk <= BLOCK_M - 1, sem="relaxed")
         else:
-            tl.atomic_add(DPos + pos_idx, ds, mask=ok, sem="relaxed")
+            tl.atomic_add(DPos + _pos_index(i, j, scale_len), ds, mask=ok, sem="relaxed")
     else:
-        tl.atomic_add(DPos + pos_idx, ds, mask=ok, sem="relaxed")
+        tl.atomic_add(DPos + _pos_index(i, j, scale_len), ds, mask=ok, sem="relaxed")
 
 
 @triton.jit
-def _hstu_bwd_kernel(
-    Q, K, V, DO, DQ, DK, DV, Offsets, NumTargets, PosBias, TimeBias, Ts, NextTs, DPos, DTime,
+def _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi, offs_m,
+                    start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh, stride_kn, stride_kh,
+                    stride_vn, stride_vh, stride_don, stride_doh, alpha, inv_scale, pos_center, scale_len,
+                    num_contextual, window, num_buckets, H, offs_dqk, offs_dv, D_QK: tl.constexpr,
+                    D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
+                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr,
+                    HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
+                    HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
+                    PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr):
+    """Sum one (query tile, key tile)'s ``dS^T`` over heads, then reduce it into the bias-table gradients.
+
+    The bias is the same for every head, so it is computed once per tile, and the reduction (skewed sums
+    and bucket runs, the costly part) runs once per tile rather than once per head.
+    """
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    row_ok = offs_m < seq_len
+    q_rows = (seq_start + offs_m).to(tl.int64)
+    k_rows = (seq_start + offs_n).to(tl.int64)
+    bias = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    if HAS_POS:
+        bias += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, True)
+    time_idx = tl.full((BLOCK_N, BLOCK_M), -1, tl.int32)
+    uniform = False
+    bucket = 0
+    if HAS_TIME:
+        time_bias, time_idx, uniform, bucket = _time_tile(
+            TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n, num_buckets,
+            REL_TS, FAST_LOG, True, BLOCK_M, BLOCK_N)
+        bias += time_bias
+    ds_sum = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+    for h in range(H):
+        q = tl.load(Q + h * stride_qh + q_rows[:, None] * stride_qn + offs_dqk[None, :],
+                    mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), other=0.0)
+        do = tl.load(DO + h * stride_doh + q_rows[:, None] * stride_don + offs_dv[None, :],
+                     mask=row_ok[:, None] & (offs_dv[None, :] < D_V), other=0.0)
+        k, v = _load_kv_tile(K + h * stride_kh, V + h * stride_vh, k_rows, offs_n < seq_len, stride_kn,
+                             stride_vn, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, MASKED)
+        s = _dot(k, tl.trans(q), PREC, UPCAST) * alpha + bias  # (BLOCK_N, BLOCK_M) = S^T
+        sig = _sigmoid(s, False)
+        da = _dot(v, tl.trans(do), PREC, UPCAST)  # (BLOCK_N, BLOCK_M) = dA^T
+        ds_sum += da * sig * (1.0 + s * (1.0 - sig))
+    ds_sum *= inv_scale
+    i = offs_m[None, :]
+    j = offs_n[:, None]
+    if MASKED:
+        ok = _allowed(i, j, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW)
+        ds_sum = tl.where(ok, ds_sum, 0.0)
+    else:
+        ok = row_ok[None, :] & (offs_n[:, None] < seq_len)
+    if GRAD_POS:
+        _pos_grad(DPos, ds_sum, i, j, ok, start_m, start_n, scale_len, BLOCK_M, BLOCK_N)
+    if GRAD_TIME:
+        if uniform:
+            tl.atomic_add(DTime + bucket, tl.sum(tl.sum(ds_sum, axis=1), axis=0), sem="relaxed")
+        else:
+            if MASKED:
+                ok_next = _allowed(i, j + 1, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT,
+                                   HAS_WINDOW)
+            else:
+                ok_next = row_ok[None, :] & (offs_n[:, None] + 1 < seq_len)
+            ts_k_next = _load_ts(Ts, seq_start, offs_n + 1, seq_len, ts_base, REL_TS)  # for run boundaries
+            _time_grad(DTime, ds_sum, time_idx, ok, next_ts, ts_k_next, ok_next, num_buckets, FAST_LOG, BLOCK_N)
+
+
+@triton.jit
+def _hstu_bias_bwd_kernel(
+    Q, K, V, DO, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs, DPos, DTime,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
-    stride_dqn, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
-    alpha, inv_scale, scale_len, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
+    alpha, inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
-    GRAD_SLOTS: tl.constexpr, BIAS_GRAD: tl.constexpr, TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    GRAD_SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # Key tile n sees ~(N - n) query tiles: natural order is longest first.
-    if TILE_MAJOR:  # a (sequence, head)'s tiles run side by side and share its Q, dO and dQ in L2
-        pid_bh = tl.program_id(1)
-        pid_n = tl.program_id(0)
-        num_tiles = tl.num_programs(0)
-    else:
-        pid_bh = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        num_tiles = tl.num_programs(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    # Bias-table gradients go to one of GRAD_SLOTS private copies (summed by the wrapper): thousands of
-    # programs adding into the same few table rows at once serialise in L2 (without slots the biased
-    # forward+backward at 32x4096 took 63.5 ms instead of 35.3 ms on the H100).
-    slot = (pid_bh * num_tiles + pid_n) % GRAD_SLOTS
-    DPos += slot * (2 * scale_len - 1)
-    DTime += slot * (num_buckets + 1)
-    seq_start = tl.load(Offsets + b)
-    seq_len = (tl.load(Offsets + b + 1) - seq_start).to(tl.int32)
-    start_n = pid_n * BLOCK_N
-    if start_n >= seq_len:
+    # One flat grid axis: a sequence's query tiles side by side (they share its K, V in L2), longest first.
+    tiles = tl.cdiv(pos_center + 1, BLOCK_M)  # pos_center + 1 is the longest sequence
+    pid = tl.program_id(0)
+    pid_m = tiles - 1 - pid % tiles
+    # Gradients go to one of GRAD_SLOTS private copies (summed by the wrapper): thousands of programs
+    # adding into the same few table rows at once would serialise in L2.
+    DPos += (pid % GRAD_SLOTS) * (2 * scale_len - 1)
+    DTime += (pid % GRAD_SLOTS) * (num_buckets + 1)
+    seq_start, seq_len, hist_end = _sequence(Offsets, NumTargets, pid // tiles, HAS_TARGETS)
+    start_m = pid_m * BLOCK_M
+    if start_m >= seq_len:
         return
-    hist_end = seq_len
-    if HAS_TARGETS:
-        hist_end = seq_len - tl.load(NumTargets + b).to(tl.int32)
-
-    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    ts_base, next_ts, next_lo, next_hi = _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m,
+                                                        HAS_TIME, REL_TS, BLOCK_M)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    k_rows = (seq_start + offs_n).to(tl.int64)
-    k = tl.load(K + h * stride_kh + k_rows[:, None] * stride_kn + offs_dqk[None, :],
-                mask=(offs_n[:, None] < seq_len) & (offs_dqk[None, :] < D_QK), other=0.0)
-    v = tl.load(V + h * stride_vh + k_rows[:, None] * stride_vn + offs_dv[None, :],
-                mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V), other=0.0)
-    ts_k = tl.zeros([BLOCK_N], dtype=tl.int32)
-    ts_k_next = ts_k
-    ts_base = 0
-    if HAS_TIME:
-        ts_base = tl.load(Ts + seq_start)
-        ts_k = _load_ts(Ts, seq_start, offs_n, seq_len, ts_base, REL_TS)
-        ts_k_next = _load_ts(Ts, seq_start, offs_n + 1, seq_len, ts_base, REL_TS)  # for run boundaries
-    Qh = Q + h * stride_qh
-    DOh = DO + h * stride_doh
-    DQh = DQ + h * stride_dqh
-    dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-
-    # Query tiles [m_lo, m_diag) straddle the diagonal (masked); [m_diag, m_hi) are below it.
-    m_lo = (start_n // BLOCK_M) * BLOCK_M
-    m_diag = m_lo + tl.cdiv(tl.minimum(start_n + BLOCK_N, seq_len) - m_lo, BLOCK_M) * BLOCK_M
-    m_hi = seq_len
-    key_is_history = start_n < hist_end
-    if HAS_TARGETS:  # noqa: SIM102
-        if start_n >= hist_end:
-            m_hi = m_diag  # candidate keys are seen by their own row only
-    m_cand = seq_len  # with a window: candidate rows [m_cand, seq_len) see every history key
+    ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
+                                                         HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
     if HAS_WINDOW:
-        windowed = key_is_history
         if HAS_CONTEXT:
-            windowed = windowed & (start_n >= num_contextual)
-        if windowed:
-            band_hi = tl.minimum(start_n + BLOCK_N + window, m_hi)
-            m_hi = tl.maximum(m_lo + tl.cdiv(band_hi - m_lo, BLOCK_M) * BLOCK_M, m_diag)
-            if HAS_TARGETS:
-                m_cand = tl.maximum((hist_end // BLOCK_M) * BLOCK_M, m_hi)
-    if HAS_CONTEXT:  # noqa: SIM102
-        if key_is_history:
-            # Contextual rows see every history key, also keys above the diagonal.
-            ctx_hi = tl.minimum(tl.cdiv(num_contextual, BLOCK_M) * BLOCK_M, m_lo)
-            for start_m in range(0, ctx_hi, BLOCK_M):
-                dk, dv = _bwd_tile(
-                    dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime, ts_k, ts_k_next,
-                    offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
-                    inv_scale, scale_len, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
-                    BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS,
-                    GRAD_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
-    for start_m in range(m_lo, m_diag, BLOCK_M):
-        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
-                           ts_k, ts_k_next, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
-                           stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
-                           num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
-                           HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
-                           REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
-    below_masked = HAS_WINDOW
-    if HAS_TARGETS:
-        below_masked = below_masked | (start_n + BLOCK_N > hist_end)
-    if below_masked:
-        for start_m in range(m_diag, m_hi, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
-                               ts_k, ts_k_next, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
-                               stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
-                               num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
-                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
-                               REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
-    else:
-        for start_m in range(m_diag, m_hi, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
-                               ts_k, ts_k_next, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
-                               stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
-                               num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, False, HAS_TARGETS,
-                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
-                               REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
-    if HAS_WINDOW:
-        for start_m in range(m_cand, seq_len, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, ts_base, PosBias, TimeBias, DPos, DTime,
-                               ts_k, ts_k_next, offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn,
-                               stride_don, stride_dqn, alpha, inv_scale, scale_len, num_contextual, window,
-                               num_buckets, offs_dqk, offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS,
-                               HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME, PREC, UPCAST,
-                               REL_TS, FAST_LOG, BIAS_GRAD, BLOCK_N)
-
-    key_ok = offs_n[:, None] < seq_len
-    tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
-             (dk * alpha).to(DK.dtype.element_ty), mask=key_ok & (offs_dqk[None, :] < D_QK))
-    tl.store(DV + h * stride_dvh + k_rows[:, None] * stride_dvn + offs_dv[None, :],
-             dv.to(DV.dtype.element_ty), mask=key_ok & (offs_dv[None, :] < D_V))
+            for start_n in range(0, ctx_hi, BLOCK_N):
+                _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
+                                offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
+                                stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
+                                inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H,
+                                offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True,
+                                HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
+                                PREC, UPCAST, REL_TS, FAST_LOG)
+        for start_n in range(lo, full_lo, BLOCK_N):
+            _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
+                            offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
+                            stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
+                            inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H,
+                            offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True,
+                            HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
+                            PREC, UPCAST, REL_TS, FAST_LOG)
+    for start_n in range(full_lo, full_hi, BLOCK_N):
+        _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
+                        offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
+                        stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
+                        inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H,
+                        offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, False,
+                        HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
+                        PREC, UPCAST, REL_TS, FAST_LOG)
+    for start_n in range(mid, hi, BLOCK_N):
+        _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
+                        offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
+                        stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
+                        inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H,
+                        offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True,
+                        HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
+                        PREC, UPCAST, REL_TS, FAST_LOG)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -473,12 +682,13 @@ _BWD_CONFIGS = [
     for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 128, 8, 4), (128, 64, 8, 2), (64, 64, 4, 2),
                          (128, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2)]
 ]
-#: How the backward reduces ``dS`` into the bias tables (a bit mask; benchmarks compare the variants):
-#: bit 0 set: one atomic per element for the positional table (else per-diagonal sums of a skewed tile);
-#: bit 1 set: one atomic per element for the temporal table (else prefix sums over runs of equal bucket).
-_BIAS_GRAD = 0
+_BIAS_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2), (64, 64, 8, 2),
+                         (32, 64, 4, 2), (32, 32, 4, 2)]
+]
 
-#: Private copies of the bias-table gradients that the backward spreads its atomics over.
+#: Private copies of the bias-table gradients that the bias backward spreads its atomics over.
 _GRAD_SLOTS = 256
 
 #: Grid order. True: tiles on the fast grid axis, so the programs resident at one time work on a few
@@ -499,40 +709,46 @@ _SHORT_BUCKET = 256
 _SMEM_BUDGET = 200 * 1024
 
 
-def _smem_estimate(config: triton.Config, d_qk: int, d_v: int, elem: int, backward: bool) -> int:
+def _smem_estimate(config: triton.Config, d_qk: int, d_v: int, elem: int, kernel: str) -> int:
     """Bytes of operand tiles: the resident tile plus ``num_stages - 1`` buffers of the streamed ones.
 
     (Triton's rule as measured on the H100: the forward at 128x128, 3 stages, d=256 asked for exactly
     ``(128 * 256 + 2 * 128 * 512) * 2`` bytes.)
     """
     bm, bn, buffers = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], max(config.num_stages - 1, 1)
-    if backward:  # resident K, V tile; streamed Q, dO tiles
+    if kernel == "bwd":  # resident K, V tile; streamed Q, dO tiles
         return (bn * (d_qk + d_v) + buffers * bm * (d_qk + d_v)) * elem
+    if kernel == "bias":  # streamed Q, dO and K, V tiles (one head after another)
+        return buffers * (bm + bn) * (d_qk + d_v) * elem
     return (bm * d_qk + buffers * bn * (d_qk + d_v)) * elem  # resident Q tile; streamed K, V tiles
 
 
-def _prune(configs: list, named_args: dict, backward: bool, **kwargs) -> list:
+def _prune(configs: list, named_args: dict, kernel: str, **kwargs) -> list:
     """Drop tile shapes that do not suit the length bucket or do not fit in shared memory.
 
     Short buckets get tiles of at most 64 rows and columns, long ones at least 64; for wide heads
     (d = 256) only the configurations within ``_SMEM_BUDGET`` stay (the smallest one if none fits).
+    ``kernel`` is ``fwd``, ``bwd`` or ``bias`` (see ``_smem_estimate``).
     """
     short = named_args["MAX_LEN_BUCKET"] <= _SHORT_BUCKET
     shaped = [c for c in configs if (max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64 if short
                                      else min(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= 64)]
     elem = named_args["Q"].element_size()
     d_qk, d_v = kwargs["BLOCK_DQK"], kwargs["BLOCK_DV"]
-    fits = [c for c in shaped if _smem_estimate(c, d_qk, d_v, elem, backward) <= _SMEM_BUDGET]
-    return fits or [min(configs, key=lambda c: _smem_estimate(c, d_qk, d_v, elem, backward))]
+    fits = [c for c in shaped if _smem_estimate(c, d_qk, d_v, elem, kernel) <= _SMEM_BUDGET]
+    return fits or [min(configs, key=lambda c: _smem_estimate(c, d_qk, d_v, elem, kernel))]
 
 
 _KEY = ["MAX_LEN_BUCKET", "D_QK", "D_V", "HAS_TARGETS", "HAS_CONTEXT", "HAS_WINDOW", "HAS_POS", "HAS_TIME"]
 _fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY,
-                             prune_configs_by={"early_config_prune": partial(_prune, backward=False)}
+                             prune_configs_by={"early_config_prune": partial(_prune, kernel="fwd")}
                              )(_hstu_fwd_kernel)
-_bwd_tuned = triton.autotune(configs=_BWD_CONFIGS, key=[*_KEY, "GRAD_POS", "GRAD_TIME"],
-                             prune_configs_by={"early_config_prune": partial(_prune, backward=True)},
-                             reset_to_zero=["DQ", "DPos", "DTime"])(_hstu_bwd_kernel)
+_bwd_tuned = triton.autotune(configs=_BWD_CONFIGS, key=_KEY,
+                             prune_configs_by={"early_config_prune": partial(_prune, kernel="bwd")},
+                             reset_to_zero=["DQ"])(_hstu_bwd_kernel)
+_bias_bwd_tuned = triton.autotune(configs=_BIAS_CONFIGS, key=[*_KEY, "GRAD_POS", "GRAD_TIME"],
+                                  prune_configs_by={"early_config_prune": partial(_prune, kernel="bias")},
+                                  reset_to_zero=["DPos", "DTime"])(_hstu_bias_bwd_kernel)
 
 
 def _launch(kernel, tuned, blocks: tuple[int, int], grid_fn, args: list, meta: dict) -> None:
@@ -589,8 +805,27 @@ def _alloc(like: Tensor, shape=None) -> Tensor:
     return torch.full(shape, _POISON, dtype=like.dtype, device=like.device)
 
 
+@lru_cache(maxsize=32)
+def _pos_expand_index(max_len: int, scale_len: int, device: torch.device) -> Tensor:
+    """Rows of the positional table behind each entry of the expanded table (see ``_expand_pos_bias``)."""
+    x = torch.arange(2 * max_len + _POS_WIDTH, device=device)[:, None]
+    c = torch.arange(_POS_WIDTH, device=device)[None, :]
+    rel = (x - c - (max_len - 1)).clamp(1 - scale_len, scale_len - 1)  # (2 * max_len + 128, 128)
+    return rel + scale_len - 1
+
+
+def _expand_pos_bias(pos_bias: Tensor, max_len: int, scale_len: int) -> Tensor:
+    """The positional table laid out so that any tile's bias is a 2-D block: ``E[x, c] = w[clamp(x - c - (L - 1))]``.
+
+    A query ``i`` against the key tile starting at ``j0`` reads row ``x = i - j0 + (L - 1)``, columns
+    ``c = j - j0``, with ``L = max_len``. ``(2L + 128) * 128`` entries (2 MB in bf16 at ``L = 4096``),
+    rebuilt per call because the table is a trained parameter.
+    """
+    return pos_bias[_pos_expand_index(max_len, scale_len, pos_bias.device)]
+
+
 def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-             pos_bias, time_bias, timestamps, next_ts) -> Tensor:
+             pos_exp, time_bias, timestamps, next_ts) -> Tensor:
     total, num_heads, d_qk = q.shape
     d_v = v.shape[2]
     out = _alloc(v)  # (sum_N, H, d_v)
@@ -598,17 +833,17 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
     if total == 0 or batch == 0 or max_len == 0:
         return out
     dummy = offsets
-    flags = _flags(num_targets, num_contextual, window, pos_bias, time_bias)
+    flags = _flags(num_targets, num_contextual, window, pos_exp, time_bias)
     args = [
         q, k, v, out, offsets,
         num_targets if num_targets is not None else dummy,
-        pos_bias if pos_bias is not None else dummy,
+        pos_exp if pos_exp is not None else dummy,
         time_bias if time_bias is not None else dummy,
         timestamps if timestamps is not None else dummy,
         next_ts if next_ts is not None else dummy,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
-        float(alpha), 1.0 / scale_len, int(scale_len), int(num_contextual), int(window or 0),
+        float(alpha), 1.0 / scale_len, int(max_len) - 1, int(num_contextual), int(window or 0),
         (time_bias.numel() - 1) if time_bias is not None else 0, num_heads, _next_pow2(max_len),
     ]
     meta = dict(
@@ -617,7 +852,6 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
         UPCAST=(q.dtype == torch.bfloat16 and _interpreting()), FAST_LOG=not _interpreting(),
         REL_TS=_rel_ts_dtype(timestamps),
     )
-
     meta["TILE_MAJOR"] = _tile_major(batch * num_heads)
     grid = partial(_grid, batch * num_heads, max_len, "BLOCK_M", meta["TILE_MAJOR"])
     _launch(_hstu_fwd_kernel, _fwd_tuned, _INTERPRET_FWD_BLOCKS, grid, args, meta)
@@ -625,50 +859,54 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
 
 
 def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-              pos_bias, time_bias, timestamps, next_ts, grad_pos: bool, grad_time: bool):
+              pos_exp, time_bias, timestamps, next_ts, grad_pos: bool, grad_time: bool):
     total, num_heads, d_qk = q.shape
     d_v = v.shape[2]
     dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # (sum_N, H, d_qk), atomics
     dk = _alloc(k)  # (sum_N, H, d_qk)
     dv = _alloc(v)  # (sum_N, H, d_v)
     slots = 1 if _interpreting() else _GRAD_SLOTS
-    dpos = torch.zeros(slots, pos_bias.numel(), dtype=torch.float32, device=q.device) if grad_pos else None
-    dtime = torch.zeros(slots, time_bias.numel(), dtype=torch.float32, device=q.device) if grad_time else None
+    num_pos = 2 * scale_len - 1
+    num_time = time_bias.numel() if time_bias is not None else 0
+    dpos = torch.zeros(slots, num_pos, dtype=torch.float32, device=q.device) if grad_pos else None
+    dtime = torch.zeros(slots, num_time, dtype=torch.float32, device=q.device) if grad_time else None
     batch = offsets.numel() - 1
     if total > 0 and batch > 0 and max_len > 0:
         dummy = offsets
-        flags = _flags(num_targets, num_contextual, window, pos_bias, time_bias)
-        args = [
-            q, k, v, do, dq32, dk, dv, offsets,
+        flags = _flags(num_targets, num_contextual, window, pos_exp, time_bias)
+        tables = [
+            offsets,
             num_targets if num_targets is not None else dummy,
-            pos_bias if pos_bias is not None else dummy,
+            pos_exp if pos_exp is not None else dummy,
             time_bias if time_bias is not None else dummy,
             timestamps if timestamps is not None else dummy,
             next_ts if next_ts is not None else dummy,
-            dpos if dpos is not None else dq32,
-            dtime if dtime is not None else dq32,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            do.stride(0), do.stride(1), dq32.stride(0), dq32.stride(1), dk.stride(0), dk.stride(1),
-            dv.stride(0), dv.stride(1),
-            float(alpha), 1.0 / scale_len, int(scale_len), int(num_contextual), int(window or 0),
-            (time_bias.numel() - 1) if time_bias is not None else 0, num_heads, _next_pow2(max_len),
         ]
+        scalars = [float(alpha), 1.0 / scale_len, int(max_len) - 1]
+        shape = [int(num_contextual), int(window or 0), max(num_time - 1, 0), num_heads, _next_pow2(max_len)]
         meta = dict(
             D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)),
-            **flags, GRAD_POS=grad_pos, GRAD_TIME=grad_time, GRAD_SLOTS=slots, BIAS_GRAD=_BIAS_GRAD,
-            PREC=_dot_precision(q.dtype),
-        UPCAST=(q.dtype == torch.bfloat16 and _interpreting()), FAST_LOG=not _interpreting(),
-        REL_TS=_rel_ts_dtype(timestamps),
+            **flags, PREC=_dot_precision(q.dtype), UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
+            FAST_LOG=not _interpreting(), REL_TS=_rel_ts_dtype(timestamps),
         )
-
-        meta["TILE_MAJOR"] = _tile_major(batch * num_heads)
-        grid = partial(_grid, batch * num_heads, max_len, "BLOCK_N", meta["TILE_MAJOR"])
-        _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args, meta)
+        in_strides = [q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                      do.stride(0), do.stride(1)]
+        args = [q, k, v, do, dq32, dk, dv, *tables, *in_strides, dq32.stride(0), dq32.stride(1), dk.stride(0),
+                dk.stride(1), dv.stride(0), dv.stride(1), *scalars, *shape]
+        tile_major = _tile_major(batch * num_heads)
+        grid = partial(_grid, batch * num_heads, max_len, "BLOCK_N", tile_major)
+        _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args, meta | {"TILE_MAJOR": tile_major})
+        if grad_pos or grad_time:
+            args = [q, k, v, do, *tables, dpos if dpos is not None else dq32, dtime if dtime is not None else dq32,
+                    *in_strides, *scalars, int(scale_len), *shape]
+            _launch(_hstu_bias_bwd_kernel, _bias_bwd_tuned, _INTERPRET_FWD_BLOCKS,
+                    lambda m: (batch * triton.cdiv(max_len, m["BLOCK_M"]),), args,
+                    meta | {"GRAD_POS": grad_pos, "GRAD_TIME": grad_time, "GRAD_SLOTS": slots})
     else:
         dk.zero_()
         dv.zero_()
-    dpos = dpos.sum(0).to(pos_bias.dtype) if dpos is not None else None  # (2n - 1,)
-    dtime = dtime.sum(0).to(time_bias.dtype) if dtime is not None else None  # (num_buckets + 1,)
+    dpos = dpos.sum(0) if dpos is not None else None  # (2n - 1,)
+    dtime = dtime.sum(0) if dtime is not None else None  # (num_buckets + 1,)
     return dq32.to(q.dtype), dk, dv, dpos, dtime
 
 
@@ -676,22 +914,26 @@ class _HSTUAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
                 pos_bias, time_bias, timestamps, next_ts):
+        pos_exp = _expand_pos_bias(pos_bias, max_len, scale_len) if pos_bias is not None else None
         out = _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-                       pos_bias, time_bias, timestamps, next_ts)
-        ctx.save_for_backward(q, k, v, offsets, num_targets, pos_bias, time_bias, timestamps, next_ts)
+                       pos_exp, time_bias, timestamps, next_ts)
+        ctx.save_for_backward(q, k, v, offsets, num_targets, pos_exp, time_bias, timestamps, next_ts)
         ctx.args = (max_len, alpha, scale_len, num_contextual, window)
+        ctx.pos_dtype = pos_bias.dtype if pos_bias is not None else None
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, offsets, num_targets, pos_bias, time_bias, timestamps, next_ts = ctx.saved_tensors
+        q, k, v, offsets, num_targets, pos_exp, time_bias, timestamps, next_ts = ctx.saved_tensors
         max_len, alpha, scale_len, num_contextual, window = ctx.args
-        grad_pos = pos_bias is not None and ctx.needs_input_grad[10]
+        grad_pos = pos_exp is not None and ctx.needs_input_grad[10]
         grad_time = time_bias is not None and ctx.needs_input_grad[11]
         dq, dk, dv, dpos, dtime = _backward(
             _last_dim_contiguous(do), q, k, v, offsets, max_len, alpha, scale_len, num_targets,
-            num_contextual, window, pos_bias, time_bias, timestamps, next_ts, grad_pos, grad_time,
+            num_contextual, window, pos_exp, time_bias, timestamps, next_ts, grad_pos, grad_time,
         )
+        dpos = dpos.to(ctx.pos_dtype) if dpos is not None else None
+        dtime = dtime.to(time_bias.dtype) if dtime is not None else None
         return dq, dk, dv, None, None, None, None, None, None, None, dpos, dtime, None, None
 
 

@@ -48,8 +48,8 @@ def _case(seed, lengths, heads=2, d_qk=16, d_v=16, targets=None, pos=False, time
                 num_targets=num_targets, pos_bias=pos_bias, time_bias=time_bias, timestamps=timestamps)
 
 
-def _run_both(case, alpha=0.7, num_contextual=0, window=None, tol=2e-5, query_times=None):
-    kw = dict(alpha=alpha, scale_len=SCALE_LEN, num_targets=case["num_targets"],
+def _run_both(case, alpha=0.7, num_contextual=0, window=None, tol=2e-5, query_times=None, scale_len=SCALE_LEN):
+    kw = dict(alpha=alpha, scale_len=scale_len, num_targets=case["num_targets"],
               num_contextual=num_contextual, window=window, query_times=query_times)
     grads = ["q", "k", "v"] + [n for n in ("pos_bias", "time_bias") if case[n] is not None]
     ours = {n: case[n].clone().requires_grad_(n in grads) if case[n] is not None else None
@@ -113,11 +113,44 @@ def test_temporal_bias_with_events_out_of_time_order():
     _run_both(case, num_contextual=1)
 
 
-@pytest.mark.parametrize("mode", [1, 2, 3])
-def test_bias_gradient_by_element_atomics(mode, monkeypatch):
-    # The alternative reductions of dS into the bias tables (per-element atomics) give the same gradients.
-    monkeypatch.setattr(triton_mod, "_BIAS_GRAD", mode)
-    _run_both(_case(13, [20, 15, 4], targets=[2, 3, 1], pos=True, time=True), num_contextual=2, window=7)
+def _tile_kinds(case, block):
+    """How many (query tile, key tile) pairs of ``block`` x ``block`` fall in one temporal bucket, and how many not."""
+    from gr_lightning.ops.pytorch.hstu_attention import next_timestamps, time_buckets
+
+    ts, offsets = case["timestamps"], case["offsets"]
+    nxt = next_timestamps(ts, offsets)
+    buckets = case["time_bias"].numel() - 1
+    kinds = [0, 0]
+    for b in range(len(offsets) - 1):
+        lo, n = int(offsets[b]), int(offsets[b + 1] - offsets[b])
+        for m in range(0, n, block):
+            for c in range(0, m + block, block):
+                rows, cols = nxt[lo + m:lo + min(m + block, n)], ts[lo + c:lo + min(c + block, n)]
+                if len(cols):
+                    kinds[int(time_buckets(rows[:, None], cols[None, :], buckets).unique().numel() == 1)] += 1
+    return kinds
+
+
+def test_temporal_bias_uniform_and_mixed_tiles():
+    """Tiles whose pairs share one bucket take the scalar path; the others the per-element one: both agree."""
+    case = _case(13, [20, 15, 4], targets=[2, 3, 1], pos=True, time=True)
+    gen = torch.Generator().manual_seed(3)
+    # seconds apart, with an 11-hour pause before event 16 of the first sequence: its tile of rows 16-19
+    # against keys 0-15 is uniform (every gap ~40000 s), the tiles holding the diagonal are not
+    gaps = torch.randint(0, 5, (case["timestamps"].numel(),), generator=gen)
+    gaps[16] += 40_000
+    case["timestamps"] = 1_600_000_000 + gaps.cumsum(0)
+    mixed, uniform = _tile_kinds(case, triton_mod._INTERPRET_FWD_BLOCKS[0])
+    assert mixed > 0 and uniform > 0, (mixed, uniform)
+    _run_both(case, num_contextual=2, window=7)
+
+
+def test_positional_bias_clamped():
+    """Relative positions beyond the table (``scale_len`` < sequence length) clamp to its end rows."""
+    case = _case(16, [20, 15, 4], pos=True, time=True)
+    scale_len = 6
+    case["pos_bias"] = torch.randn(2 * scale_len - 1, generator=torch.Generator().manual_seed(2))
+    _run_both(case, scale_len=scale_len)
 
 
 def test_all_masks_and_biases():

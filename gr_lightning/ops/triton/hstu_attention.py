@@ -631,24 +631,6 @@ def _hstu_bias_bwd_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
                                                          HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    if HAS_WINDOW:
-        if HAS_CONTEXT:
-            for start_n in range(0, ctx_hi, BLOCK_N):
-                _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
-                                offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
-                                stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
-                                inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H,
-                                offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True,
-                                HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
-                                PREC, UPCAST, REL_TS, FAST_LOG)
-        for start_n in range(lo, full_lo, BLOCK_N):
-            _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
-                            offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
-                            stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
-                            inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H,
-                            offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True,
-                            HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
-                            PREC, UPCAST, REL_TS, FAST_LOG)
     for start_n in range(full_lo, full_hi, BLOCK_N):
         _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
                         offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
@@ -657,7 +639,13 @@ def _hstu_bias_bwd_kernel(
                         offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, False,
                         HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
                         PREC, UPCAST, REL_TS, FAST_LOG)
-    for start_n in range(mid, hi, BLOCK_N):
+    # The masked ranges in one loop, so that this large tile body is compiled twice, not four times.
+    n_ctx = tl.cdiv(ctx_hi, BLOCK_N)
+    n_lo = tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N)
+    n_hi = tl.cdiv(tl.maximum(hi - mid, 0), BLOCK_N)
+    for t in range(0, n_ctx + n_lo + n_hi):
+        start_n = tl.where(t < n_ctx, t * BLOCK_N,
+                           tl.where(t < n_ctx + n_lo, lo + (t - n_ctx) * BLOCK_N, mid + (t - n_ctx - n_lo) * BLOCK_N))
         _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
                         offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
                         stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
@@ -684,8 +672,8 @@ _BWD_CONFIGS = [
 ]
 _BIAS_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (128, 128, 8, 2), (64, 64, 8, 2),
-                         (32, 64, 4, 2), (32, 32, 4, 2)]
+    for bm, bn, w, s in [(64, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 1), (64, 64, 4, 1), (32, 64, 4, 2),
+                         (32, 32, 4, 2)]
 ]
 
 #: Private copies of the bias-table gradients that the bias backward spreads its atomics over.
@@ -718,8 +706,8 @@ def _smem_estimate(config: triton.Config, d_qk: int, d_v: int, elem: int, kernel
     bm, bn, buffers = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], max(config.num_stages - 1, 1)
     if kernel == "bwd":  # resident K, V tile; streamed Q, dO tiles
         return (bn * (d_qk + d_v) + buffers * bm * (d_qk + d_v)) * elem
-    if kernel == "bias":  # streamed Q, dO and K, V tiles (one head after another)
-        return buffers * (bm + bn) * (d_qk + d_v) * elem
+    if kernel == "bias":  # Q, dO, K and V tiles streamed one head after another: num_stages buffers of each
+        return max(config.num_stages, 1) * (bm + bn) * (d_qk + d_v) * elem
     return (bm * d_qk + buffers * bn * (d_qk + d_v)) * elem  # resident Q tile; streamed K, V tiles
 
 
@@ -734,6 +722,8 @@ def _prune(configs: list, named_args: dict, kernel: str, **kwargs) -> list:
     shaped = [c for c in configs if (max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64 if short
                                      else min(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) >= 64)]
     elem = named_args["Q"].element_size()
+    if kernel == "bias" and elem == 4:  # fp32 dots run on FMA units: large tiles only cost compile time
+        shaped = [c for c in shaped if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or shaped
     d_qk, d_v = kwargs["BLOCK_DQK"], kwargs["BLOCK_DV"]
     fits = [c for c in shaped if _smem_estimate(c, d_qk, d_v, elem, kernel) <= _SMEM_BUDGET]
     return fits or [min(configs, key=lambda c: _smem_estimate(c, d_qk, d_v, elem, kernel))]

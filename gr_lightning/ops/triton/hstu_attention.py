@@ -6,8 +6,10 @@ tile's contribution is final once it is added. Fully masked tiles are never visi
 triangle; with a window: the band plus the contextual columns and the candidate rows).
 
 The backward recomputes ``S = alpha * Q K^T + bias`` per tile and iterates over query tiles for a fixed
-key tile (accumulating dK, dV in registers); dQ and the bias-table gradients are accumulated with fp32
-atomics. Semantics match :func:`gr_lightning.ops.pytorch.hstu_attention` exactly.
+key tile (accumulating dK, dV in registers; dQ by fp32 atomics). The bias-table gradients come from a
+second kernel that sums ``dS`` over heads per (query tile, key tile) and reduces it once into the two
+tables, which keeps that reduction's registers out of the dK/dV kernel. Semantics match
+:func:`gr_lightning.ops.pytorch.hstu_attention` exactly.
 """
 
 from __future__ import annotations
@@ -814,34 +816,46 @@ def _expand_pos_bias(pos_bias: Tensor, max_len: int, scale_len: int) -> Tensor:
     return pos_bias[_pos_expand_index(max_len, scale_len, pos_bias.device)]
 
 
+def _tables(offsets, num_targets, pos_exp, time_bias, timestamps, next_ts) -> list[Tensor]:
+    """The kernels' table arguments after ``Offsets``; absent ones point at ``offsets`` (never read)."""
+    optional = (num_targets, pos_exp, time_bias, timestamps, next_ts)
+    return [offsets, *(t if t is not None else offsets for t in optional)]
+
+
+def _scalars(alpha, scale_len, max_len) -> list:
+    """``alpha``, ``inv_scale`` and ``pos_center`` (the expanded positional table's row of offset 0)."""
+    return [float(alpha), 1.0 / scale_len, int(max_len) - 1]
+
+
+def _shape_args(num_contextual, window, time_bias, num_heads, max_len) -> list[int]:
+    """``num_contextual``, ``window``, ``num_buckets``, ``H`` and ``MAX_LEN_BUCKET`` (the autotuning key)."""
+    num_buckets = time_bias.numel() - 1 if time_bias is not None else 0
+    return [int(num_contextual), int(window or 0), num_buckets, num_heads, _next_pow2(max_len)]
+
+
+def _meta(q: Tensor, v: Tensor, timestamps: Tensor | None, flags: dict) -> dict:
+    """Compile-time constants shared by the three kernels."""
+    d_qk, d_v = q.shape[2], v.shape[2]
+    return dict(
+        D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)), **flags,
+        PREC=_dot_precision(q.dtype), UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
+        FAST_LOG=not _interpreting(), REL_TS=_rel_ts_dtype(timestamps),
+    )
+
+
 def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
              pos_exp, time_bias, timestamps, next_ts) -> Tensor:
-    total, num_heads, d_qk = q.shape
-    d_v = v.shape[2]
+    total, num_heads = q.shape[:2]
     out = _alloc(v)  # (sum_N, H, d_v)
     batch = offsets.numel() - 1
     if total == 0 or batch == 0 or max_len == 0:
         return out
-    dummy = offsets
-    flags = _flags(num_targets, num_contextual, window, pos_exp, time_bias)
-    args = [
-        q, k, v, out, offsets,
-        num_targets if num_targets is not None else dummy,
-        pos_exp if pos_exp is not None else dummy,
-        time_bias if time_bias is not None else dummy,
-        timestamps if timestamps is not None else dummy,
-        next_ts if next_ts is not None else dummy,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1),
-        float(alpha), 1.0 / scale_len, int(max_len) - 1, int(num_contextual), int(window or 0),
-        (time_bias.numel() - 1) if time_bias is not None else 0, num_heads, _next_pow2(max_len),
-    ]
-    meta = dict(
-        D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)), **flags,
-        FAST=(q.dtype != torch.float32 and not _interpreting()), PREC=_dot_precision(q.dtype),
-        UPCAST=(q.dtype == torch.bfloat16 and _interpreting()), FAST_LOG=not _interpreting(),
-        REL_TS=_rel_ts_dtype(timestamps),
-    )
+    tables = _tables(offsets, num_targets, pos_exp, time_bias, timestamps, next_ts)
+    args = [q, k, v, out, *tables, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1), *_scalars(alpha, scale_len, max_len),
+            *_shape_args(num_contextual, window, time_bias, num_heads, max_len)]
+    meta = _meta(q, v, timestamps, _flags(num_targets, num_contextual, window, pos_exp, time_bias))
+    meta["FAST"] = q.dtype != torch.float32 and not _interpreting()
     meta["TILE_MAJOR"] = _tile_major(batch * num_heads)
     grid = partial(_grid, batch * num_heads, max_len, "BLOCK_M", meta["TILE_MAJOR"])
     _launch(_hstu_fwd_kernel, _fwd_tuned, _INTERPRET_FWD_BLOCKS, grid, args, meta)
@@ -850,35 +864,19 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
 
 def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
               pos_exp, time_bias, timestamps, next_ts, grad_pos: bool, grad_time: bool):
-    total, num_heads, d_qk = q.shape
-    d_v = v.shape[2]
+    total, num_heads = q.shape[:2]
     dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # (sum_N, H, d_qk), atomics
     dk = _alloc(k)  # (sum_N, H, d_qk)
     dv = _alloc(v)  # (sum_N, H, d_v)
     slots = 1 if _interpreting() else _GRAD_SLOTS
-    num_pos = 2 * scale_len - 1
-    num_time = time_bias.numel() if time_bias is not None else 0
-    dpos = torch.zeros(slots, num_pos, dtype=torch.float32, device=q.device) if grad_pos else None
-    dtime = torch.zeros(slots, num_time, dtype=torch.float32, device=q.device) if grad_time else None
+    dpos = torch.zeros(slots, 2 * scale_len - 1, dtype=torch.float32, device=q.device) if grad_pos else None
+    dtime = torch.zeros(slots, time_bias.numel(), dtype=torch.float32, device=q.device) if grad_time else None
     batch = offsets.numel() - 1
     if total > 0 and batch > 0 and max_len > 0:
-        dummy = offsets
-        flags = _flags(num_targets, num_contextual, window, pos_exp, time_bias)
-        tables = [
-            offsets,
-            num_targets if num_targets is not None else dummy,
-            pos_exp if pos_exp is not None else dummy,
-            time_bias if time_bias is not None else dummy,
-            timestamps if timestamps is not None else dummy,
-            next_ts if next_ts is not None else dummy,
-        ]
-        scalars = [float(alpha), 1.0 / scale_len, int(max_len) - 1]
-        shape = [int(num_contextual), int(window or 0), max(num_time - 1, 0), num_heads, _next_pow2(max_len)]
-        meta = dict(
-            D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)),
-            **flags, PREC=_dot_precision(q.dtype), UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
-            FAST_LOG=not _interpreting(), REL_TS=_rel_ts_dtype(timestamps),
-        )
+        tables = _tables(offsets, num_targets, pos_exp, time_bias, timestamps, next_ts)
+        scalars = _scalars(alpha, scale_len, max_len)
+        shape = _shape_args(num_contextual, window, time_bias, num_heads, max_len)
+        meta = _meta(q, v, timestamps, _flags(num_targets, num_contextual, window, pos_exp, time_bias))
         in_strides = [q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                       do.stride(0), do.stride(1)]
         args = [q, k, v, do, dq32, dk, dv, *tables, *in_strides, dq32.stride(0), dq32.stride(1), dk.stride(0),

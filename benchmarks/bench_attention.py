@@ -40,8 +40,9 @@ def make_batch(batch, n, heads, d_qk, d_v, dtype, seed, targets=None, device="cu
     q, k, v = (t.contiguous().to(device) for t in qkv.split([d_qk, d_qk, d_v], dim=-1))
     gaps = torch.randint(1, 200_000, (total,), generator=gen)
     ts = (1_600_000_000 + gaps.cumsum(0)).to(device)
-    # bursty activity: gaps log-uniform from 1 s to 11 days, so far fewer tiles fall in one time bucket
-    bursty = (10 ** (torch.rand(total, generator=gen) * 6)).long()
+    # a second event-time distribution for the uniform-tile shortcut: gaps log-uniform from 1 s to 11 days
+    # (own generator, so the other tensors stay those of earlier runs with the same seed)
+    bursty = (10 ** (torch.rand(total, generator=torch.Generator().manual_seed(seed + 1)) * 6)).long()
     ts_bursty = (1_600_000_000 + bursty.cumsum(0)).to(device)
     return dict(
         q=q, k=k, v=v, offsets=offsets.to(device), max_len=int(lengths.max()), lengths=lengths,
@@ -57,7 +58,7 @@ def make_batch(batch, n, heads, d_qk, d_v, dtype, seed, targets=None, device="cu
 VARIANTS = ("nobias", "bias", "targets", "reference", "sdpa_flash")
 #: pos / time: one bias table alone (where the bias cost goes); bias_frozen: both tables without their
 #: gradients (the q, k, v kernels' share of the bias cost); bias_bursty: both tables on bursty event times
-#: (gaps log-uniform in [1 s, 11 days]), where fewer tiles are uniform in time bucket.
+#: (gaps log-uniform in [1 s, 11 days]), a second distribution for the uniform-time-tile shortcut.
 #: ``*_heads_major``: the same call with the kernels' older grid order (``_TILE_MAJOR = False``).
 EXTRA_VARIANTS = ("pos", "time", "bias_frozen", "bias_bursty", "nobias_heads_major", "bias_heads_major")
 _HEADS_MAJOR = "_heads_major"

@@ -192,11 +192,15 @@ def main():
     parser.add_argument("--shapes", default=",".join(f"{b}x{n}" for b, n in SHAPES))
     parser.add_argument("--budget-s", type=float, default=270.0, help="stop starting new shapes after this")
     parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--check-dtypes", default="bfloat16,float32",
+                        help="dtypes of the correctness check (fp32's IEEE dots compile for minutes)")
     parser.add_argument("--no-extra", action="store_true", help=f"skip {', '.join(EXTRA_VARIANTS)}")
     parser.add_argument("--variants", default=None,
                         help="comma-separated variants to measure at every shape (default: the issue's list, "
                              "plus the extras at the first shape)")
     args = parser.parse_args()
+    if set(args.check_dtypes.split(",")) - {"bfloat16", "float32"}:
+        parser.error(f"--check-dtypes takes bfloat16 and/or float32, not {args.check_dtypes!r}")
     unknown = set(args.variants.split(",")) - set(VARIANTS + EXTRA_VARIANTS) if args.variants else set()
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS + EXTRA_VARIANTS)}")
@@ -219,7 +223,8 @@ def main():
 
     if not args.skip_check:
         hstu_mod._FIXED_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
-        for dtype, tol in ((torch.bfloat16, 1e-2), (torch.float32, 1e-4)):
+        tols = {"bfloat16": 1e-2, "float32": 1e-4}
+        for dtype, tol in ((getattr(torch, name), tols[name]) for name in args.check_dtypes.split(",")):
             for variant in ("all",):
                 ok, errs = check(dtype, variant, tol)
                 result["checks"][f"{str(dtype)[6:]}/{variant}"] = dict(ok=ok, tol=tol, rel_err=errs)

@@ -6,10 +6,15 @@ cached attention compute the same numbers on the same inputs.
 
 from __future__ import annotations
 
+import math
 import os
+import struct
+from functools import lru_cache
 
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from gr_lightning.ops.pytorch.hstu_attention import TIME_BUCKET_WIDTH
 
@@ -59,50 +64,101 @@ def pos_index(i, j, scale_len):
     return rel + scale_len - 1
 
 
-@triton.jit
-def bucket_of_gap(gap, num_buckets, FAST: tl.constexpr):
-    """Temporal bucket of a non-negative time gap: ``clamp(floor(ln(max(gap, 1)) / 0.301), 0, num_buckets)``.
+#: A temporal bucket ``b`` travels as the int32 code ``TIME_CODE0 + b``: the bits of the float ``2**23 + b``.
+#: Floats in ``[2**23, 2**24)`` are spaced by one, so an fma rounded toward minus infinity lands on the
+#: code of ``floor(x)`` directly (``time_code``), and ``time_slot`` folds the offset into a table's base.
+TIME_CODE0: tl.constexpr = tl.constexpr(0x4B000000)
 
-    FAST takes the logarithm with one ``lg2.approx`` (MUFU) instead of libdevice's ``logf``. Clamping
-    before the integer conversion makes the truncation a floor (the value is non-negative), so no
-    ``floor`` instruction is needed.
+#: Relative times are clamped to ``+-2**67`` s before gaps are taken, so no bucket exceeds 156
+#: (``ln(2**68) / 0.301``) and the lookup table (``time_lookup_table``) covers every bucket a kernel can
+#: compute: no per-pair clamp.
+TIME_LIMIT: tl.constexpr = tl.constexpr(2.0**67)
+_TIME_TABLE_MIN_ROWS = 160
+
+
+@lru_cache(maxsize=16)
+def _time_table_rows(num_buckets: int, device: torch.device) -> Tensor:
+    """Row of the temporal table behind each row of its lookup table."""
+    rows = max(num_buckets + 2, _TIME_TABLE_MIN_ROWS)
+    return (torch.arange(rows, device=device) - 1).clamp(0, num_buckets)
+
+
+def time_lookup_table(time_bias: Tensor) -> Tensor:
+    """The temporal table as the kernels read it: bucket ``b`` at row ``b + 1``, fp32.
+
+    Row 0 repeats bucket 0 (``lg2.approx(1)`` may land a hair below zero, bucket -1), and the last bucket
+    repeats up to the largest bucket a gap can reach: the reference's clamp, paid once per call instead
+    of twice per pair. fp32 because every pair gathers from it.
     """
-    gap = tl.maximum(gap, 1).to(tl.float32)
-    if FAST:
-        lg2 = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [gap], dtype=tl.float32,
-                                        is_pure=True, pack=1)
-        bucket = lg2 * (0.6931471805599453 / _TIME_BUCKET_WIDTH)
-    else:
-        bucket = tl.log(gap) / _TIME_BUCKET_WIDTH
-    bucket = tl.minimum(tl.maximum(bucket, 0.0), num_buckets * 1.0)
-    return bucket.to(tl.int32)
+    w = time_bias.reshape(-1).float()
+    return w[_time_table_rows(w.numel() - 1, w.device)]
+
+
+def fold_time_grad(grad: Tensor, num_buckets: int) -> Tensor:
+    """Gradient of the temporal table from that of its lookup table (``time_lookup_table``)."""
+    rows = _time_table_rows(num_buckets, grad.device)
+    return torch.zeros(num_buckets + 1, dtype=grad.dtype, device=grad.device).index_add_(0, rows, grad)
+
+
+def _f32_hex(x: float) -> str:
+    """PTX spelling of a float32 immediate."""
+    return f"0f{struct.unpack('<I', struct.pack('<f', x))[0]:08X}"
+
+
+#: ``fma.rm(lg2(g), ln 2 / width, 2**23)``: the code of ``floor(ln(g) / width)`` in two instructions.
+_LOG_FLOOR_ASM: tl.constexpr = tl.constexpr(
+    "{ .reg .f32 t; lg2.approx.ftz.f32 t, $1; "
+    f"fma.rm.f32 $0, t, {_f32_hex(math.log(2.0) / TIME_BUCKET_WIDTH)}, {_f32_hex(2.0**23)}; }}"
+)
 
 
 @triton.jit
-def time_index(next_ts, ts, num_buckets, FAST: tl.constexpr):
-    """Temporal bucket of the pair (request time ``next_ts``, event time ``ts``): see ``bucket_of_gap``.
+def time_code(gap, FAST: tl.constexpr):
+    """Code (``TIME_CODE0 + b``) of the temporal bucket ``b = floor(ln(max(|gap|, 1)) / 0.301)``.
+
+    ``gap`` is a float time difference of at most ``2 * TIME_LIMIT``; the reference's upper clamp lives in
+    the lookup table. FAST takes the logarithm with one ``lg2.approx`` and floors it with one ``fma.rm``
+    (``_LOG_FLOOR_ASM``): no float-to-int conversion, which runs on the same quarter-rate pipe as the
+    logarithm and the SiLU.
+    """
+    g = tl.maximum(tl.abs(gap), 1.0)
+    if FAST:
+        return tl.inline_asm_elementwise(_LOG_FLOOR_ASM, "=r,r", [g], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return (tl.log(g) / _TIME_BUCKET_WIDTH).to(tl.int32) + TIME_CODE0  # log(g) >= 0: truncation floors
+
+
+@triton.jit
+def time_slot(Table, code):
+    """Address of the bucket with ``code`` in a lookup table (the offsets fold into the base once)."""
+    return (Table + 1 - TIME_CODE0) + code
+
+
+@triton.jit
+def time_index(next_ts, ts, FAST: tl.constexpr):
+    """Bucket code of the pair (request time ``next_ts``, event time ``ts``): see ``time_code``.
 
     ``next_ts`` and ``ts`` are relative to the sequence's first event (int32 for integer seconds), so the
-    gap is exact.
+    gap is exact before its conversion to float.
     """
-    return bucket_of_gap(tl.abs(next_ts - ts), num_buckets, FAST)
+    return time_code(tl.minimum(tl.abs((next_ts - ts).to(tl.float32)), 2 * TIME_LIMIT), FAST)
 
 
 @triton.jit
-def uniform_bucket(next_lo, next_hi, ts_lo, ts_hi, num_buckets, FAST: tl.constexpr):
-    """Whether every pair of a tile falls in one temporal bucket, and that bucket.
+def uniform_bucket(next_lo, next_hi, ts_lo, ts_hi, FAST: tl.constexpr):
+    """Whether every pair of a tile falls in one temporal bucket, and that bucket's code.
 
-    The tile's request times lie in ``[next_lo, next_hi]`` and its event times in ``[ts_lo, ts_hi]``, so
-    its gaps ``|next - ts|`` lie in ``[g_lo, g_hi]`` (``g_lo = 0`` when the signed range crosses zero). The
-    bucket is non-decreasing in the gap, so the tile is uniform when both ends share a bucket. Far from
+    The tile's request times lie in ``[next_lo, next_hi]`` and its event times in ``[ts_lo, ts_hi]`` (floats),
+    so its gaps ``|next - ts|`` lie in ``[g_lo, g_hi]`` (``g_lo = 0`` when the signed range crosses zero).
+    The bucket is non-decreasing in the gap, so the tile is uniform when both ends share a bucket. Far from
     the diagonal, a tile's gaps differ by less than a bucket's width (a factor of 1.35), and its bias
     becomes one scalar instead of a per-element logarithm and table gather.
     """
     d_lo = next_lo - ts_hi
     d_hi = next_hi - ts_lo
     g_hi = tl.maximum(tl.abs(d_lo), tl.abs(d_hi))
-    g_lo = tl.where((d_lo <= 0) & (d_hi >= 0), 0, tl.minimum(tl.abs(d_lo), tl.abs(d_hi)))
-    ends = bucket_of_gap(tl.where(tl.arange(0, 2) == 0, g_lo, g_hi), num_buckets, FAST)  # (2,)
+    g_lo = tl.where((d_lo <= 0) & (d_hi >= 0), 0.0, tl.minimum(tl.abs(d_lo), tl.abs(d_hi)))
+    ends = time_code(tl.where(tl.arange(0, 2) == 0, g_lo, g_hi), FAST)  # (2,)
     lo = tl.min(ends, axis=0)
     return lo == tl.max(ends, axis=0), lo
 

@@ -32,6 +32,8 @@ from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
 from gr_lightning.ops.triton._common import pos_index as _pos_index
 from gr_lightning.ops.triton._common import sigmoid as _sigmoid
 from gr_lightning.ops.triton._common import time_index as _time_index
+from gr_lightning.ops.triton._common import time_lookup_table as _time_lookup_table
+from gr_lightning.ops.triton._common import time_slot as _time_slot
 
 #: Tests set ``(BLOCK_M, BLOCK_N)`` of the interpreter's tiles.
 _INTERPRET_BLOCKS: tuple[int, int] = (16, 16)
@@ -48,7 +50,7 @@ _MIN_SPLIT_ROWS = 256
 
 @triton.jit
 def _key_tile(acc, q, Kp, Vp, TsK, stride_kn, stride_vn, start_n, n_valid, key_pos0, q_pos, next_ts, is_cand,
-              ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets, offs_dqk, offs_dv,
+              ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, offs_dqk, offs_dv,
               D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
               BLOCK_N: tl.constexpr, BOUND: tl.constexpr, CAUSAL: tl.constexpr, HAS_POS: tl.constexpr,
               HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -71,8 +73,8 @@ def _key_tile(acc, q, Kp, Vp, TsK, stride_kn, stride_vn, start_n, n_valid, key_p
         else:
             ts = tl.load(TsK + rows)
         ts = (ts - ts_base).to(REL_TS)
-        time_idx = _time_index(next_ts[:, None], ts[None, :], num_buckets, FAST_LOG)  # (BLOCK_M, BLOCK_N)
-        s += tl.load(TimeBias + time_idx).to(tl.float32)
+        time_idx = _time_index(next_ts[:, None], ts[None, :], FAST_LOG)  # (BLOCK_M, BLOCK_N)
+        s += tl.load(_time_slot(TimeBias, time_idx)).to(tl.float32)
     a = s * _sigmoid(s, FAST) * inv_scale
     if BOUND:
         ok = offs_n[None, :] < n_valid
@@ -89,7 +91,7 @@ def _cached_fwd_kernel(
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
     stride_kcb, stride_kcn, stride_kch, stride_vcb, stride_vcn, stride_vch, stride_tcb,
     stride_os, stride_on, stride_oh,
-    alpha, inv_scale, scale_len, num_buckets, H, NSPLIT, MAX_NEW_BUCKET, MAX_CACHE_BUCKET,
+    alpha, inv_scale, scale_len, H, NSPLIT, MAX_NEW_BUCKET, MAX_CACHE_BUCKET,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
@@ -136,12 +138,12 @@ def _cached_fwd_kernel(
     full = lo + (tl.maximum(hi - lo, 0) // BLOCK_N) * BLOCK_N
     for start_n in range(lo, full, BLOCK_N):
         acc = _key_tile(acc, q, Kc, Vc, Tc, stride_kcn, stride_vcn, start_n, num_cached, 0, q_pos, next_ts,
-                        is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets, offs_dqk,
+                        is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, offs_dqk,
                         offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, False, False, HAS_POS, HAS_TIME, FAST,
                         PREC, UPCAST, REL_TS, FAST_LOG)
     if full < hi:
         acc = _key_tile(acc, q, Kc, Vc, Tc, stride_kcn, stride_vcn, full, num_cached, 0, q_pos, next_ts,
-                        is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets, offs_dqk,
+                        is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, offs_dqk,
                         offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, False, HAS_POS, HAS_TIME, FAST,
                         PREC, UPCAST, REL_TS, FAST_LOG)
 
@@ -154,12 +156,12 @@ def _cached_fwd_kernel(
         new_full = (tl.minimum(start_m, hist_new) // BLOCK_N) * BLOCK_N
         for start_n in range(0, new_full, BLOCK_N):
             acc = _key_tile(acc, q, Kn, Vn, Tn, stride_kn, stride_vn, start_n, hist_new, num_cached, q_pos,
-                            next_ts, is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets,
+                            next_ts, is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len,
                             offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, False, False, HAS_POS,
                             HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
         for start_n in range(new_full, new_hi, BLOCK_N):
             acc = _key_tile(acc, q, Kn, Vn, Tn, stride_kn, stride_vn, start_n, hist_new, num_cached, q_pos,
-                            next_ts, is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len, num_buckets,
+                            next_ts, is_cand, ts_base, PosBias, TimeBias, alpha, inv_scale, scale_len,
                             offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, True, True, HAS_POS,
                             HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
         # 3. A candidate's own key, row by row.
@@ -175,8 +177,8 @@ def _cached_fwd_kernel(
                     s_own += tl.load(PosBias + scale_len - 1).to(tl.float32)
                 if HAS_TIME:
                     ts_own = (tl.load(Ts + q_rows, mask=row_ok, other=0) - ts_base).to(REL_TS)
-                    own_idx = _time_index(next_ts, ts_own, num_buckets, FAST_LOG)  # (BLOCK_M,)
-                    s_own += tl.load(TimeBias + own_idx).to(tl.float32)
+                    own_idx = _time_index(next_ts, ts_own, FAST_LOG)  # (BLOCK_M,)
+                    s_own += tl.load(_time_slot(TimeBias, own_idx)).to(tl.float32)
                 a_own = tl.where(own, s_own * _sigmoid(s_own, FAST) * inv_scale, 0.0)
                 acc += a_own[:, None] * v_own.to(tl.float32)
 
@@ -280,7 +282,7 @@ def cached_hstu_attention(
         q, k, v, k_cache, v_cache, parts, offsets, cache_lengths,
         num_targets if num_targets is not None else dummy,
         pos_bias.reshape(-1) if pos_bias is not None else dummy,
-        time_bias.reshape(-1) if time_bias is not None else dummy,
+        _time_lookup_table(time_bias) if time_bias is not None else dummy,
         ts if ts is not None else dummy,
         cache_ts if cache_ts is not None else dummy,
         next_ts if next_ts is not None else dummy,
@@ -288,7 +290,7 @@ def cached_hstu_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), cache_ts.stride(0) if cache_ts is not None else 0,
         stride_os, parts.stride(-3), parts.stride(-2),
-        float(alpha), 1.0 / scale_len, int(scale_len), (time_bias.numel() - 1) if time_bias is not None else 0,
+        float(alpha), 1.0 / scale_len, int(scale_len),
         num_heads, split, _next_pow2(max_len), _next_pow2(max_cached),
     ]
     meta = dict(

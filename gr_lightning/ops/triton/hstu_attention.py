@@ -22,13 +22,17 @@ import triton.language as tl
 from torch import Tensor
 
 from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
+from gr_lightning.ops.triton._common import TIME_LIMIT as _TIME_LIMIT
 from gr_lightning.ops.triton._common import dot as _dot
+from gr_lightning.ops.triton._common import fold_time_grad as _fold_time_grad
 from gr_lightning.ops.triton._common import interpreting as _interpreting
 from gr_lightning.ops.triton._common import load_kv_tile as _load_kv_tile
 from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
 from gr_lightning.ops.triton._common import pos_index as _pos_index
 from gr_lightning.ops.triton._common import sigmoid as _sigmoid
-from gr_lightning.ops.triton._common import time_index as _time_index
+from gr_lightning.ops.triton._common import time_code as _time_code
+from gr_lightning.ops.triton._common import time_lookup_table as _time_lookup_table
+from gr_lightning.ops.triton._common import time_slot as _time_slot
 from gr_lightning.ops.triton._common import uniform_bucket as _uniform_bucket
 from gr_lightning.ops.triton._common import valid_range as _valid_range
 
@@ -108,33 +112,66 @@ def _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N: tl.constexpr, TRANSPOS
 
 
 @triton.jit
-def _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
-               num_buckets, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr, TRANSPOSED: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The tile's temporal bias, its bucket indices (-1 when uniform), whether it is uniform, and its bucket.
+def _float_time(rel):
+    """A relative time as float32, within ``+-TIME_LIMIT`` (a no-op for int32 times; see ``time_code``)."""
+    return tl.minimum(tl.maximum(rel.to(tl.float32), -_TIME_LIMIT), _TIME_LIMIT)
+
+
+@triton.jit
+def _tile_times(Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
+                REL_TS: tl.constexpr, FAST_LOG: tl.constexpr):
+    """A tile's times as floats relative to its earliest event, and whether its pairs share one bucket.
 
     ``next_ts`` are the tile's request times (``(BLOCK_M,)``, in ``[next_lo, next_hi]`` over its valid
-    rows). A tile whose pairs all fall in one bucket (``uniform_bucket``) adds one scalar and skips the
-    per-element logarithm and gather. Orientation ``(BLOCK_M, BLOCK_N)``, or ``(BLOCK_N, BLOCK_M)`` when
-    TRANSPOSED.
+    rows), relative to the sequence's first event like the event times. Relative to the tile's earliest
+    event the float gaps are exact while the tile spans less than ``2**24`` s (194 days), and one ulp off
+    beyond (where ``lg2.approx`` is as coarse). One subtraction per pair then replaces an integer gap and
+    its conversion. Returns ``(next_f, ts_f, ts_lo, uniform, code)``: a tile whose pairs all fall in one
+    bucket (``uniform_bucket``) adds the scalar bias of bucket ``code``.
     """
     ts = _load_ts(Ts, seq_start, offs_n, seq_len, ts_base, REL_TS)  # (BLOCK_N,)
     first = (tl.load(Ts + seq_start + start_n) - ts_base).to(REL_TS)
     ts_lo, ts_hi = _valid_range(ts, offs_n < seq_len, first)
-    uniform, bucket = _uniform_bucket(next_lo, next_hi, ts_lo, ts_hi, num_buckets, FAST_LOG)
+    next_f = _float_time(next_ts - ts_lo)  # (BLOCK_M,)
+    ts_f = _float_time(ts - ts_lo)  # (BLOCK_N,)
+    uniform, code = _uniform_bucket(_float_time(next_lo - ts_lo), _float_time(next_hi - ts_lo), 0.0,
+                                    _float_time(ts_hi - ts_lo), FAST_LOG)
+    return next_f, ts_f, ts_lo, uniform, code
+
+
+@triton.jit
+def _time_values(TimeBias, next_f, ts_f, uniform, code, FAST_LOG: tl.constexpr,
+                 TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A tile's temporal bias and its bucket codes (-1 when uniform), from ``_tile_times``.
+
+    A uniform tile adds one scalar and skips the per-element logarithm and gather. Orientation
+    ``(BLOCK_M, BLOCK_N)``, or ``(BLOCK_N, BLOCK_M)`` when TRANSPOSED.
+    """
     if uniform:
         if TRANSPOSED:
-            idx = tl.full((BLOCK_N, BLOCK_M), -1, tl.int32)
+            codes = tl.full((BLOCK_N, BLOCK_M), -1, tl.int32)
         else:
-            idx = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
-        bias = tl.zeros(idx.shape, tl.float32) + tl.load(TimeBias + bucket).to(tl.float32)
+            codes = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
+        bias = tl.zeros(codes.shape, tl.float32) + tl.load(_time_slot(TimeBias, code)).to(tl.float32)
     else:
         if TRANSPOSED:
-            idx = _time_index(next_ts[None, :], ts[:, None], num_buckets, FAST_LOG)  # (BLOCK_N, BLOCK_M)
+            codes = _time_code(next_f[None, :] - ts_f[:, None], FAST_LOG)  # (BLOCK_N, BLOCK_M)
         else:
-            idx = _time_index(next_ts[:, None], ts[None, :], num_buckets, FAST_LOG)  # (BLOCK_M, BLOCK_N)
-        bias = tl.load(TimeBias + idx).to(tl.float32)
-    return bias, idx, uniform, bucket
+            codes = _time_code(next_f[:, None] - ts_f[None, :], FAST_LOG)  # (BLOCK_M, BLOCK_N)
+        bias = tl.load(_time_slot(TimeBias, codes)).to(tl.float32)
+    return bias, codes
+
+
+@triton.jit
+def _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
+               REL_TS: tl.constexpr, FAST_LOG: tl.constexpr, TRANSPOSED: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The tile's temporal bias (see ``_tile_times`` and ``_time_values``)."""
+    next_f, ts_f, _, uniform, code = _tile_times(Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi,
+                                                 offs_n, start_n, REL_TS, FAST_LOG)
+    bias, _ = _time_values(TimeBias, next_f, ts_f, uniform, code, FAST_LOG, TRANSPOSED, BLOCK_M,
+                           BLOCK_N)
+    return bias
 
 
 @triton.jit
@@ -176,7 +213,7 @@ def _key_ranges(start_m, seq_len, hist_end, num_contextual, window, HAS_CONTEXT:
 @triton.jit
 def _fwd_tile(acc, q, K, V, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, start_n,
               seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
-              num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
+              num_contextual, window, offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
               BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr,
               HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr,
@@ -190,10 +227,8 @@ def _fwd_tile(acc, q, K, V, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_
     if HAS_POS:
         s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
     if HAS_TIME:
-        time_bias, _, _, _ = _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi,
-                                        offs_n, start_n, num_buckets, REL_TS, FAST_LOG, False, BLOCK_M,
-                                        BLOCK_N)
-        s += time_bias
+        s += _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
+                        REL_TS, FAST_LOG, False, BLOCK_M, BLOCK_N)
     a = s * _sigmoid(s, FAST) * inv_scale
     if MASKED:
         ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
@@ -201,6 +236,19 @@ def _fwd_tile(acc, q, K, V, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_
         a = tl.where(ok, a, 0.0)
     acc += _dot(a.to(v.dtype), v, PREC, UPCAST)
     return acc
+
+
+@triton.jit
+def _chained_start(t, start0, count0, start1, count1, start2, count2, start3, BLOCK: tl.constexpr):
+    """Start of the ``t``-th tile of up to four tile ranges run back to back in one loop.
+
+    Range ``r`` starts at ``start_r`` and holds ``count_r`` tiles; the loop's bound sets the last one's.
+    One loop over all masked ranges compiles the tile body once instead of once per range.
+    """
+    start = start3 + (t - count0 - count1 - count2) * BLOCK
+    start = tl.where(t < count0 + count1 + count2, start2 + (t - count0 - count1) * BLOCK, start)
+    start = tl.where(t < count0 + count1, start1 + (t - count0) * BLOCK, start)
+    return tl.where(t < count0, start0 + t * BLOCK, start)
 
 
 @triton.jit
@@ -238,7 +286,7 @@ def _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m, HAS_TIME: tl
 def _hstu_fwd_kernel(
     Q, K, V, Out, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
-    alpha, inv_scale, pos_center, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
+    alpha, inv_scale, pos_center, num_contextual, window, time_rows, H, MAX_LEN_BUCKET,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
@@ -271,32 +319,23 @@ def _hstu_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
                                                          HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    if HAS_WINDOW:
-        if HAS_CONTEXT:
-            for start_n in range(0, ctx_hi, BLOCK_N):
-                acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m,
-                                start_n, seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
-                                pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
-                                BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
-                                HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
-        for start_n in range(lo, full_lo, BLOCK_N):
-            acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m,
-                            start_n, seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
-                            pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
-                            BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
-                            HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
     for start_n in range(full_lo, full_hi, BLOCK_N):
-        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m,
-                        start_n, seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
-                        pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
-                        BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT,
-                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
-    for start_n in range(mid, hi, BLOCK_N):
-        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m,
-                        start_n, seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale,
-                        pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv, D_QK, D_V,
-                        BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
-                        HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, REL_TS, FAST_LOG)
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, start_n,
+                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
+                        num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
+                        BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST,
+                        PREC, UPCAST, REL_TS, FAST_LOG)
+    # The masked ranges in one loop, so that the tile body is compiled twice, not four times.
+    n_ctx = tl.cdiv(ctx_hi, BLOCK_N)
+    n_lo = tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N)
+    n_hi = tl.cdiv(tl.maximum(hi - mid, 0), BLOCK_N)
+    for t in range(0, n_ctx + n_lo + n_hi):
+        start_n = _chained_start(t, 0, n_ctx, lo, n_lo, mid, n_hi, mid, BLOCK_N)
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, start_n,
+                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
+                        num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
+                        BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST,
+                        PREC, UPCAST, REL_TS, FAST_LOG)
 
     o_ptrs = Out + h * stride_oh + q_rows[:, None] * stride_on + offs_dv[None, :]
     o_mask = (offs_m[:, None] < seq_len) & (offs_dv[None, :] < D_V)
@@ -347,7 +386,7 @@ def _query_ranges(start_n, seq_len, hist_end, num_contextual, window, HAS_TARGET
 
 @triton.jit
 def _scores_t(k, q, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, offs_n, start_n, seq_start,
-              seq_len, alpha, pos_center, num_buckets, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+              seq_len, alpha, pos_center, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
               PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """``S^T = alpha * K Q^T + bias^T``, ``(BLOCK_N, BLOCK_M)``."""
@@ -355,16 +394,15 @@ def _scores_t(k, q, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs
     if HAS_POS:
         s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, True)
     if HAS_TIME:
-        time_bias, _, _, _ = _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi,
-                                        offs_n, start_n, num_buckets, REL_TS, FAST_LOG, True, BLOCK_M, BLOCK_N)
-        s += time_bias
+        s += _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
+                        REL_TS, FAST_LOG, True, BLOCK_M, BLOCK_N)
     return s
 
 
 @triton.jit
 def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n, start_m,
               seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn,
-              alpha, inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+              alpha, inv_scale, pos_center, num_contextual, window, offs_dqk, offs_dv,
               D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
               HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -380,7 +418,7 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, NextTs, ts_base, PosE, TimeBias, offs
     _, next_ts, next_lo, next_hi = _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m, HAS_TIME,
                                                   REL_TS, BLOCK_M)
     s = _scores_t(k, q, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, offs_n, start_n,
-                  seq_start, seq_len, alpha, pos_center, num_buckets, HAS_POS, HAS_TIME, PREC, UPCAST, REL_TS,
+                  seq_start, seq_len, alpha, pos_center, HAS_POS, HAS_TIME, PREC, UPCAST, REL_TS,
                   FAST_LOG, BLOCK_M, BLOCK_N)
     sig = _sigmoid(s, False)
     a = s * sig * inv_scale
@@ -405,7 +443,7 @@ def _hstu_bwd_kernel(
     Q, K, V, DO, DQ, DK, DV, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
     stride_dqn, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
-    alpha, inv_scale, pos_center, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
+    alpha, inv_scale, pos_center, num_contextual, window, time_rows, H, MAX_LEN_BUCKET,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -443,40 +481,29 @@ def _hstu_bwd_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     ctx_hi, m_lo, m_diag, m_hi, m_cand, below_masked = _query_ranges(
         start_n, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    if HAS_CONTEXT:
-        for start_m in range(0, ctx_hi, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
-                               start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
-                               inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
-                               D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                               HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
-    for start_m in range(m_lo, m_diag, BLOCK_M):
+    n_below = tl.cdiv(tl.maximum(m_hi - m_diag, 0), BLOCK_M)
+    free_hi = m_hi
+    if below_masked:
+        free_hi = m_diag
+    else:
+        n_below = n_below * 0
+    for start_m in range(m_diag, free_hi, BLOCK_M):
         dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
                            start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
-                           inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
+                           inv_scale, pos_center, num_contextual, window, offs_dqk, offs_dv,
+                           D_QK, D_V, BLOCK_M, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
+                           HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
+    # The masked ranges in one loop, so that this large tile body is compiled twice, not four times.
+    n_ctx = tl.cdiv(ctx_hi, BLOCK_M)
+    n_diag = tl.cdiv(m_diag - m_lo, BLOCK_M)
+    n_cand = tl.cdiv(tl.maximum(seq_len - m_cand, 0), BLOCK_M)
+    for t in range(0, n_ctx + n_diag + n_below + n_cand):
+        start_m = _chained_start(t, 0, n_ctx, m_lo, n_diag, m_diag, n_below, m_cand, BLOCK_M)
+        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
+                           start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
+                           inv_scale, pos_center, num_contextual, window, offs_dqk, offs_dv,
                            D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
                            HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
-    if below_masked:
-        for start_m in range(m_diag, m_hi, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
-                               start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
-                               inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
-                               D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                               HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
-    else:
-        for start_m in range(m_diag, m_hi, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
-                               start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
-                               inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
-                               D_QK, D_V, BLOCK_M, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                               HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
-    if HAS_WINDOW:
-        for start_m in range(m_cand, seq_len, BLOCK_M):
-            dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
-                               start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
-                               inv_scale, pos_center, num_contextual, window, num_buckets, offs_dqk, offs_dv,
-                               D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                               HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
 
     key_ok = offs_n[:, None] < seq_len
     tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
@@ -491,7 +518,7 @@ def _hstu_bwd_kernel(
 
 
 @triton.jit
-def _time_grad(DTime, ds, time_idx, ok, next_ts, ts_k_next, ok_next, num_buckets, FAST_LOG: tl.constexpr,
+def _time_grad(DTime, ds, codes, ok, next_f, ts_f_next, ok_next, FAST_LOG: tl.constexpr,
                BLOCK_N: tl.constexpr):
     """Add the tile's ``dS^T`` (``(BLOCK_N, BLOCK_M)``, zero where masked) to the temporal-table gradient.
 
@@ -499,17 +526,18 @@ def _time_grad(DTime, ds, time_idx, ok, next_ts, ts_k_next, ok_next, num_buckets
     each column is a few runs of equal bucket. With ``P`` the column prefix sums of ``dS^T``, a run
     ``[s, e]`` sums to ``P[e] - P[s - 1]``: add ``P`` at each run end to its bucket and subtract it from
     the next run's bucket. This telescopes for any labels (exact whatever the event order); with
-    time-ordered events it takes a few atomics per column instead of one per element. Masked pairs get
-    the label -1 and no atomics, so a bucket that no allowed pair falls in receives exactly zero.
+    time-ordered events it takes a few atomics per column instead of one per element. Labels are bucket
+    codes (``time_code``); masked pairs get the label -1 and no atomics, so a bucket that no allowed pair
+    falls in receives exactly zero.
     """
     prefix = tl.cumsum(ds, axis=0)  # (BLOCK_N, BLOCK_M)
     last = (tl.arange(0, BLOCK_N) == BLOCK_N - 1)[:, None]
-    label = tl.where(ok, time_idx, -1)
-    next_idx = _time_index(next_ts[None, :], ts_k_next[:, None], num_buckets, FAST_LOG)  # key n + 1
-    next_label = tl.where(ok_next & ~last, next_idx, -1)
+    label = tl.where(ok, codes, -1)
+    next_codes = _time_code(next_f[None, :] - ts_f_next[:, None], FAST_LOG)  # key n + 1
+    next_label = tl.where(ok_next & ~last, next_codes, -1)
     end = (label != next_label) | last
-    tl.atomic_add(DTime + label, prefix, mask=end & (label >= 0), sem="relaxed")
-    tl.atomic_add(DTime + next_label, -prefix, mask=end & (next_label >= 0), sem="relaxed")
+    tl.atomic_add(_time_slot(DTime, label), prefix, mask=end & (label >= 0), sem="relaxed")
+    tl.atomic_add(_time_slot(DTime, next_label), -prefix, mask=end & (next_label >= 0), sem="relaxed")
 
 
 @triton.jit
@@ -542,7 +570,7 @@ def _pos_grad(DPos, ds, i, j, ok, start_m, start_n, scale_len, BLOCK_M: tl.const
 def _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi, offs_m,
                     start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh, stride_kn, stride_kh,
                     stride_vn, stride_vh, stride_don, stride_doh, alpha, inv_scale, pos_center, scale_len,
-                    num_contextual, window, num_buckets, H, offs_dqk, offs_dv, D_QK: tl.constexpr,
+                    num_contextual, window, H, offs_dqk, offs_dv, D_QK: tl.constexpr,
                     D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr,
                     HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
@@ -560,13 +588,16 @@ def _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_
     bias = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     if HAS_POS:
         bias += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, True)
-    time_idx = tl.full((BLOCK_N, BLOCK_M), -1, tl.int32)
+    codes = tl.full((BLOCK_N, BLOCK_M), -1, tl.int32)
     uniform = False
-    bucket = 0
+    code = 0
+    next_f = tl.zeros([BLOCK_M], dtype=tl.float32)
+    ts_lo = ts_base * 0
     if HAS_TIME:
-        time_bias, time_idx, uniform, bucket = _time_tile(
-            TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n, num_buckets,
-            REL_TS, FAST_LOG, True, BLOCK_M, BLOCK_N)
+        next_f, ts_f, ts_lo, uniform, code = _tile_times(Ts, seq_start, seq_len, ts_base, next_ts, next_lo,
+                                                         next_hi, offs_n, start_n, REL_TS, FAST_LOG)
+        time_bias, codes = _time_values(TimeBias, next_f, ts_f, uniform, code, FAST_LOG, True,
+                                        BLOCK_M, BLOCK_N)
         bias += time_bias
     ds_sum = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     for h in range(H):
@@ -592,7 +623,7 @@ def _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_
         _pos_grad(DPos, ds_sum, i, j, ok, start_m, start_n, scale_len, BLOCK_M, BLOCK_N)
     if GRAD_TIME:
         if uniform:
-            tl.atomic_add(DTime + bucket, tl.sum(tl.sum(ds_sum, axis=1), axis=0), sem="relaxed")
+            tl.atomic_add(_time_slot(DTime, code), tl.sum(tl.sum(ds_sum, axis=1), axis=0), sem="relaxed")
         else:
             if MASKED:
                 ok_next = _allowed(i, j + 1, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT,
@@ -600,14 +631,15 @@ def _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_
             else:
                 ok_next = row_ok[None, :] & (offs_n[:, None] + 1 < seq_len)
             ts_k_next = _load_ts(Ts, seq_start, offs_n + 1, seq_len, ts_base, REL_TS)  # for run boundaries
-            _time_grad(DTime, ds_sum, time_idx, ok, next_ts, ts_k_next, ok_next, num_buckets, FAST_LOG, BLOCK_N)
+            ts_f_next = _float_time(ts_k_next - ts_lo)  # as in _tile_times: equal times give equal codes
+            _time_grad(DTime, ds_sum, codes, ok, next_f, ts_f_next, ok_next, FAST_LOG, BLOCK_N)
 
 
 @triton.jit
 def _hstu_bias_bwd_kernel(
     Q, K, V, DO, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs, DPos, DTime,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
-    alpha, inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H, MAX_LEN_BUCKET,
+    alpha, inv_scale, pos_center, scale_len, num_contextual, window, time_rows, H, MAX_LEN_BUCKET,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
@@ -621,7 +653,7 @@ def _hstu_bias_bwd_kernel(
     # Gradients go to one of GRAD_SLOTS private copies (summed by the wrapper): thousands of programs
     # adding into the same few table rows at once would serialise in L2.
     DPos += (pid % GRAD_SLOTS) * (2 * scale_len - 1)
-    DTime += (pid % GRAD_SLOTS) * (num_buckets + 1)
+    DTime += (pid % GRAD_SLOTS) * time_rows
     seq_start, seq_len, hist_end = _sequence(Offsets, NumTargets, pid // tiles, HAS_TARGETS)
     start_m = pid_m * BLOCK_M
     if start_m >= seq_len:
@@ -637,7 +669,7 @@ def _hstu_bias_bwd_kernel(
         _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
                         offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
                         stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
-                        inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H,
+                        inv_scale, pos_center, scale_len, num_contextual, window, H,
                         offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, False,
                         HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
                         PREC, UPCAST, REL_TS, FAST_LOG)
@@ -646,12 +678,11 @@ def _hstu_bias_bwd_kernel(
     n_lo = tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N)
     n_hi = tl.cdiv(tl.maximum(hi - mid, 0), BLOCK_N)
     for t in range(0, n_ctx + n_lo + n_hi):
-        start_n = tl.where(t < n_ctx, t * BLOCK_N,
-                           tl.where(t < n_ctx + n_lo, lo + (t - n_ctx) * BLOCK_N, mid + (t - n_ctx - n_lo) * BLOCK_N))
+        start_n = _chained_start(t, 0, n_ctx, lo, n_lo, mid, n_hi, mid, BLOCK_N)
         _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
                         offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
                         stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
-                        inv_scale, pos_center, scale_len, num_contextual, window, num_buckets, H,
+                        inv_scale, pos_center, scale_len, num_contextual, window, H,
                         offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True,
                         HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
                         PREC, UPCAST, REL_TS, FAST_LOG)
@@ -827,10 +858,10 @@ def _scalars(alpha, scale_len, max_len) -> list:
     return [float(alpha), 1.0 / scale_len, int(max_len) - 1]
 
 
-def _shape_args(num_contextual, window, time_bias, num_heads, max_len) -> list[int]:
-    """``num_contextual``, ``window``, ``num_buckets``, ``H`` and ``MAX_LEN_BUCKET`` (the autotuning key)."""
-    num_buckets = time_bias.numel() - 1 if time_bias is not None else 0
-    return [int(num_contextual), int(window or 0), num_buckets, num_heads, _next_pow2(max_len)]
+def _shape_args(num_contextual, window, time_table, num_heads, max_len) -> list[int]:
+    """``num_contextual``, ``window``, ``time_rows``, ``H`` and ``MAX_LEN_BUCKET`` (the autotuning key)."""
+    time_rows = time_table.numel() if time_table is not None else 0
+    return [int(num_contextual), int(window or 0), time_rows, num_heads, _next_pow2(max_len)]
 
 
 def _meta(q: Tensor, v: Tensor, timestamps: Tensor | None, flags: dict) -> dict:
@@ -844,17 +875,17 @@ def _meta(q: Tensor, v: Tensor, timestamps: Tensor | None, flags: dict) -> dict:
 
 
 def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-             pos_exp, time_bias, timestamps, next_ts) -> Tensor:
+             pos_exp, time_table, timestamps, next_ts) -> Tensor:
     total, num_heads = q.shape[:2]
     out = _alloc(v)  # (sum_N, H, d_v)
     batch = offsets.numel() - 1
     if total == 0 or batch == 0 or max_len == 0:
         return out
-    tables = _tables(offsets, num_targets, pos_exp, time_bias, timestamps, next_ts)
+    tables = _tables(offsets, num_targets, pos_exp, time_table, timestamps, next_ts)
     args = [q, k, v, out, *tables, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1), *_scalars(alpha, scale_len, max_len),
-            *_shape_args(num_contextual, window, time_bias, num_heads, max_len)]
-    meta = _meta(q, v, timestamps, _flags(num_targets, num_contextual, window, pos_exp, time_bias))
+            *_shape_args(num_contextual, window, time_table, num_heads, max_len)]
+    meta = _meta(q, v, timestamps, _flags(num_targets, num_contextual, window, pos_exp, time_table))
     meta["FAST"] = q.dtype != torch.float32 and not _interpreting()
     meta["TILE_MAJOR"] = _tile_major(batch * num_heads)
     grid = partial(_grid, batch * num_heads, max_len, "BLOCK_M", meta["TILE_MAJOR"])
@@ -863,20 +894,20 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
 
 
 def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-              pos_exp, time_bias, timestamps, next_ts, grad_pos: bool, grad_time: bool):
+              pos_exp, time_table, timestamps, next_ts, grad_pos: bool, grad_time: bool):
     total, num_heads = q.shape[:2]
     dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # (sum_N, H, d_qk), atomics
     dk = _alloc(k)  # (sum_N, H, d_qk)
     dv = _alloc(v)  # (sum_N, H, d_v)
     slots = 1 if _interpreting() else _GRAD_SLOTS
     dpos = torch.zeros(slots, 2 * scale_len - 1, dtype=torch.float32, device=q.device) if grad_pos else None
-    dtime = torch.zeros(slots, time_bias.numel(), dtype=torch.float32, device=q.device) if grad_time else None
+    dtime = torch.zeros(slots, time_table.numel(), dtype=torch.float32, device=q.device) if grad_time else None
     batch = offsets.numel() - 1
     if total > 0 and batch > 0 and max_len > 0:
-        tables = _tables(offsets, num_targets, pos_exp, time_bias, timestamps, next_ts)
+        tables = _tables(offsets, num_targets, pos_exp, time_table, timestamps, next_ts)
         scalars = _scalars(alpha, scale_len, max_len)
-        shape = _shape_args(num_contextual, window, time_bias, num_heads, max_len)
-        meta = _meta(q, v, timestamps, _flags(num_targets, num_contextual, window, pos_exp, time_bias))
+        shape = _shape_args(num_contextual, window, time_table, num_heads, max_len)
+        meta = _meta(q, v, timestamps, _flags(num_targets, num_contextual, window, pos_exp, time_table))
         in_strides = [q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                       do.stride(0), do.stride(1)]
         args = [q, k, v, do, dq32, dk, dv, *tables, *in_strides, dq32.stride(0), dq32.stride(1), dk.stride(0),
@@ -894,7 +925,7 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         dk.zero_()
         dv.zero_()
     dpos = dpos.sum(0) if dpos is not None else None  # (2n - 1,)
-    dtime = dtime.sum(0) if dtime is not None else None  # (num_buckets + 1,)
+    dtime = dtime.sum(0) if dtime is not None else None  # (time_rows,): the lookup table's gradient
     return dq32.to(q.dtype), dk, dv, dpos, dtime
 
 
@@ -903,25 +934,28 @@ class _HSTUAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
                 pos_bias, time_bias, timestamps, next_ts):
         pos_exp = _expand_pos_bias(pos_bias, max_len, scale_len) if pos_bias is not None else None
+        ctx.time_dtype = time_bias.dtype if time_bias is not None else None
+        ctx.num_buckets = time_bias.numel() - 1 if time_bias is not None else 0
+        time_table = _time_lookup_table(time_bias) if time_bias is not None else None
         out = _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
-                       pos_exp, time_bias, timestamps, next_ts)
-        ctx.save_for_backward(q, k, v, offsets, num_targets, pos_exp, time_bias, timestamps, next_ts)
+                       pos_exp, time_table, timestamps, next_ts)
+        ctx.save_for_backward(q, k, v, offsets, num_targets, pos_exp, time_table, timestamps, next_ts)
         ctx.args = (max_len, alpha, scale_len, num_contextual, window)
         ctx.pos_dtype = pos_bias.dtype if pos_bias is not None else None
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, offsets, num_targets, pos_exp, time_bias, timestamps, next_ts = ctx.saved_tensors
+        q, k, v, offsets, num_targets, pos_exp, time_table, timestamps, next_ts = ctx.saved_tensors
         max_len, alpha, scale_len, num_contextual, window = ctx.args
         grad_pos = pos_exp is not None and ctx.needs_input_grad[10]
-        grad_time = time_bias is not None and ctx.needs_input_grad[11]
+        grad_time = time_table is not None and ctx.needs_input_grad[11]
         dq, dk, dv, dpos, dtime = _backward(
             _last_dim_contiguous(do), q, k, v, offsets, max_len, alpha, scale_len, num_targets,
-            num_contextual, window, pos_exp, time_bias, timestamps, next_ts, grad_pos, grad_time,
+            num_contextual, window, pos_exp, time_table, timestamps, next_ts, grad_pos, grad_time,
         )
         dpos = dpos.to(ctx.pos_dtype) if dpos is not None else None
-        dtime = dtime.to(time_bias.dtype) if dtime is not None else None
+        dtime = _fold_time_grad(dtime, ctx.num_buckets).to(ctx.time_dtype) if dtime is not None else None
         return dq, dk, dv, None, None, None, None, None, None, None, dpos, dtime, None, None
 
 

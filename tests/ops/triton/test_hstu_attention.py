@@ -218,3 +218,16 @@ def test_query_times_set_the_last_rows_request_time(lengths):
     gen = torch.Generator().manual_seed(5)
     query = case["timestamps"][last.clamp(min=0)] + torch.randint(1, 100_000, (len(lengths),), generator=gen)
     _run_both(case, query_times=query)
+
+
+def test_temporal_bias_float_times_with_huge_gaps():
+    """Float event times far apart (up to 2**100 s) hit the last bucket, as in the reference.
+
+    The times are exact in float32, as the kernels take them relative to the sequence's first event.
+    """
+    case = _case(17, [20, 12, 5], time=True)
+    total = case["timestamps"].numel()
+    gen = torch.Generator().manual_seed(7)
+    times = torch.tensor([0.0, 1.0, 3.0, 7.0, 2.0**40, 2.0**70, 2.0**100], dtype=torch.float64)
+    case["timestamps"] = times[torch.randint(0, len(times), (total,), generator=gen)].sort().values
+    _run_both(case)

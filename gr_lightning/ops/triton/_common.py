@@ -144,29 +144,24 @@ def time_index(next_ts, ts, FAST: tl.constexpr):
     return time_code(tl.minimum(tl.abs((next_ts - ts).to(tl.float32)), 2 * TIME_LIMIT), FAST)
 
 
-@triton.jit
-def uniform_bucket(next_lo, next_hi, ts_lo, ts_hi, FAST: tl.constexpr):
-    """Whether every pair of a tile falls in one temporal bucket, and that bucket's code.
+#: ``ld.global.nc`` of the fp32 at ``base + 4 * code`` (one ``mad.wide`` for the address).
+_GATHER_ASM: tl.constexpr = tl.constexpr("{ .reg .u64 a; mad.wide.s32 a, $1, 4, $2; ld.global.nc.f32 $0, [a]; }")
 
-    The tile's request times lie in ``[next_lo, next_hi]`` and its event times in ``[ts_lo, ts_hi]`` (floats),
-    so its gaps ``|next - ts|`` lie in ``[g_lo, g_hi]`` (``g_lo = 0`` when the signed range crosses zero).
-    The bucket is non-decreasing in the gap, so the tile is uniform when both ends share a bucket. Far from
-    the diagonal, a tile's gaps differ by less than a bucket's width (a factor of 1.35), and its bias
-    becomes one scalar instead of a per-element logarithm and table gather.
+
+@triton.jit
+def time_gather(Table, codes, FAST: tl.constexpr):
+    """Entries of an fp32 lookup table at bucket ``codes`` (see ``time_slot``).
+
+    FAST gathers in inline PTX. That keeps the values in the layout of ``codes`` (the MMA layout of the
+    scores they are added to): ``tl.load`` of a gather gets a blocked layout from Triton's coalescing pass,
+    and converting a 128x128 fp32 tile back costs a shared-memory round trip and two barriers per tile.
     """
-    d_lo = next_lo - ts_hi
-    d_hi = next_hi - ts_lo
-    g_hi = tl.maximum(tl.abs(d_lo), tl.abs(d_hi))
-    g_lo = tl.where((d_lo <= 0) & (d_hi >= 0), 0.0, tl.minimum(tl.abs(d_lo), tl.abs(d_hi)))
-    ends = time_code(tl.where(tl.arange(0, 2) == 0, g_lo, g_hi), FAST)  # (2,)
-    lo = tl.min(ends, axis=0)
-    return lo == tl.max(ends, axis=0), lo
-
-
-@triton.jit
-def valid_range(x, valid, fallback):
-    """``(min, max)`` of ``x`` over the ``valid`` entries; ``fallback`` must be one of them."""
-    return tl.min(tl.where(valid, x, fallback), axis=0), tl.max(tl.where(valid, x, fallback), axis=0)
+    if FAST:
+        base = (Table + 1 - TIME_CODE0).to(tl.int64)
+        return tl.inline_asm_elementwise(_GATHER_ASM, "=r,r,l", [codes, base], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.load(time_slot(Table, codes))
 
 
 @triton.jit

@@ -31,10 +31,9 @@ from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
 from gr_lightning.ops.triton._common import pos_index as _pos_index
 from gr_lightning.ops.triton._common import sigmoid as _sigmoid
 from gr_lightning.ops.triton._common import time_code as _time_code
+from gr_lightning.ops.triton._common import time_gather as _time_gather
 from gr_lightning.ops.triton._common import time_lookup_table as _time_lookup_table
 from gr_lightning.ops.triton._common import time_slot as _time_slot
-from gr_lightning.ops.triton._common import uniform_bucket as _uniform_bucket
-from gr_lightning.ops.triton._common import valid_range as _valid_range
 
 #: Tests set this to a float (NaN) so that outputs start poisoned and unwritten elements show.
 _POISON: float | None = None
@@ -77,16 +76,27 @@ def _allowed(i, j, seq_len, hist_end, num_contextual, window,
 
 
 @triton.jit
-def _load_ts(Ts, seq_start, pos, seq_len, ts_base, REL_TS: tl.constexpr):
-    """Event times of rows at ``pos``, relative to ``ts_base`` (the sequence's first event)."""
-    ts = tl.load(Ts + seq_start + pos, mask=pos < seq_len, other=0)
-    return (ts - ts_base).to(REL_TS)
+def _rel_times(Ts, seq_start, pos, seq_len, origin, HAS_TIME: tl.constexpr):
+    """Times of the sequence's rows ``pos`` relative to ``origin``, as float32 within ``+-TIME_LIMIT``.
+
+    ``origin`` is the event time of a tile's first row, so the gaps between nearby events (under ``2**24``
+    s, 194 days, apart) are exact, and a far event's gap is at most an ulp off, as coarse as
+    ``lg2.approx``. One float subtraction per pair then gives its gap. Zeros without the temporal bias.
+    """
+    if HAS_TIME:
+        t = tl.load(Ts + seq_start + pos, mask=pos < seq_len, other=0)
+        return tl.minimum(tl.maximum((t - origin).to(tl.float32), -_TIME_LIMIT), _TIME_LIMIT)
+    else:
+        return tl.zeros(pos.shape, tl.float32)
 
 
 @triton.jit
-def _load_next_ts(NextTs, seq_start, pos, seq_len, ts_base, REL_TS: tl.constexpr):
-    """Request time of rows at ``pos`` (the next event's time, precomputed by the wrapper), relative."""
-    return _load_ts(NextTs, seq_start, pos, seq_len, ts_base, REL_TS)
+def _time_origin(Ts, seq_start, start, HAS_TIME: tl.constexpr):
+    """The event time of a tile's first row ``start``: the origin of its ``_rel_times``."""
+    if HAS_TIME:
+        return tl.load(Ts + seq_start + start)
+    else:
+        return 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,66 +122,17 @@ def _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N: tl.constexpr, TRANSPOS
 
 
 @triton.jit
-def _float_time(rel):
-    """A relative time as float32, within ``+-TIME_LIMIT`` (a no-op for int32 times; see ``time_code``)."""
-    return tl.minimum(tl.maximum(rel.to(tl.float32), -_TIME_LIMIT), _TIME_LIMIT)
+def _time_tile(TimeBias, next_f, ts_f, FAST_LOG: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """A tile's temporal bias and bucket codes from its request and event times (``_rel_times``).
 
-
-@triton.jit
-def _tile_times(Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
-                REL_TS: tl.constexpr, FAST_LOG: tl.constexpr):
-    """A tile's times as floats relative to its earliest event, and whether its pairs share one bucket.
-
-    ``next_ts`` are the tile's request times (``(BLOCK_M,)``, in ``[next_lo, next_hi]`` over its valid
-    rows), relative to the sequence's first event like the event times. Relative to the tile's earliest
-    event the float gaps are exact while the tile spans less than ``2**24`` s (194 days), and one ulp off
-    beyond (where ``lg2.approx`` is as coarse). One subtraction per pair then replaces an integer gap and
-    its conversion. Returns ``(next_f, ts_f, ts_lo, uniform, code)``: a tile whose pairs all fall in one
-    bucket (``uniform_bucket``) adds the scalar bias of bucket ``code``.
+    ``(BLOCK_M, BLOCK_N)``, or ``(BLOCK_N, BLOCK_M)`` when TRANSPOSED. Per pair: a subtraction, a max, the
+    two-instruction bucket (``time_code``) and one gather that stays in the MMA layout (``time_gather``).
     """
-    ts = _load_ts(Ts, seq_start, offs_n, seq_len, ts_base, REL_TS)  # (BLOCK_N,)
-    first = (tl.load(Ts + seq_start + start_n) - ts_base).to(REL_TS)
-    ts_lo, ts_hi = _valid_range(ts, offs_n < seq_len, first)
-    next_f = _float_time(next_ts - ts_lo)  # (BLOCK_M,)
-    ts_f = _float_time(ts - ts_lo)  # (BLOCK_N,)
-    uniform, code = _uniform_bucket(_float_time(next_lo - ts_lo), _float_time(next_hi - ts_lo), 0.0,
-                                    _float_time(ts_hi - ts_lo), FAST_LOG)
-    return next_f, ts_f, ts_lo, uniform, code
-
-
-@triton.jit
-def _time_values(TimeBias, next_f, ts_f, uniform, code, FAST_LOG: tl.constexpr,
-                 TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """A tile's temporal bias and its bucket codes (-1 when uniform), from ``_tile_times``.
-
-    A uniform tile adds one scalar and skips the per-element logarithm and gather. Orientation
-    ``(BLOCK_M, BLOCK_N)``, or ``(BLOCK_N, BLOCK_M)`` when TRANSPOSED.
-    """
-    if uniform:
-        if TRANSPOSED:
-            codes = tl.full((BLOCK_N, BLOCK_M), -1, tl.int32)
-        else:
-            codes = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
-        bias = tl.zeros(codes.shape, tl.float32) + tl.load(_time_slot(TimeBias, code)).to(tl.float32)
+    if TRANSPOSED:
+        codes = _time_code(next_f[None, :] - ts_f[:, None], FAST_LOG)  # (BLOCK_N, BLOCK_M)
     else:
-        if TRANSPOSED:
-            codes = _time_code(next_f[None, :] - ts_f[:, None], FAST_LOG)  # (BLOCK_N, BLOCK_M)
-        else:
-            codes = _time_code(next_f[:, None] - ts_f[None, :], FAST_LOG)  # (BLOCK_M, BLOCK_N)
-        bias = tl.load(_time_slot(TimeBias, codes)).to(tl.float32)
-    return bias, codes
-
-
-@triton.jit
-def _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
-               REL_TS: tl.constexpr, FAST_LOG: tl.constexpr, TRANSPOSED: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The tile's temporal bias (see ``_tile_times`` and ``_time_values``)."""
-    next_f, ts_f, _, uniform, code = _tile_times(Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi,
-                                                 offs_n, start_n, REL_TS, FAST_LOG)
-    bias, _ = _time_values(TimeBias, next_f, ts_f, uniform, code, FAST_LOG, TRANSPOSED, BLOCK_M,
-                           BLOCK_N)
-    return bias
+        codes = _time_code(next_f[:, None] - ts_f[None, :], FAST_LOG)  # (BLOCK_M, BLOCK_N)
+    return _time_gather(TimeBias, codes, FAST_LOG), codes
 
 
 @triton.jit
@@ -211,13 +172,13 @@ def _key_ranges(start_m, seq_len, hist_end, num_contextual, window, HAS_CONTEXT:
 
 
 @triton.jit
-def _fwd_tile(acc, q, K, V, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, start_n,
+def _fwd_tile(acc, q, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
               seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
               num_contextual, window, offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
               BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr,
               HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr,
-              PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr):
+              PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr):
     """Add one key tile's contribution ``SiLU(S) / n @ V`` to ``acc``; unmasked tiles skip every check."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     rows = (seq_start + offs_n).to(tl.int64)
@@ -227,8 +188,8 @@ def _fwd_tile(acc, q, K, V, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_
     if HAS_POS:
         s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
     if HAS_TIME:
-        s += _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
-                        REL_TS, FAST_LOG, False, BLOCK_M, BLOCK_N)
+        ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,)
+        s += _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)[0]
     a = s * _sigmoid(s, FAST) * inv_scale
     if MASKED:
         ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
@@ -263,26 +224,6 @@ def _sequence(Offsets, NumTargets, b, HAS_TARGETS: tl.constexpr):
 
 
 @triton.jit
-def _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m, HAS_TIME: tl.constexpr,
-                   REL_TS: tl.constexpr, BLOCK_M: tl.constexpr):
-    """A query tile's request times relative to the sequence's first event, and their valid range.
-
-    Returns ``(ts_base, next_ts, next_lo, next_hi)``; zeros without the temporal bias.
-    """
-    if HAS_TIME:
-        ts_base = tl.load(Ts + seq_start)
-        next_ts = _load_next_ts(NextTs, seq_start, offs_m, seq_len, ts_base, REL_TS)  # (BLOCK_M,)
-        first = (tl.load(NextTs + seq_start + start_m) - ts_base).to(REL_TS)
-        next_lo, next_hi = _valid_range(next_ts, offs_m < seq_len, first)
-    else:
-        ts_base = 0
-        next_ts = tl.zeros([BLOCK_M], dtype=tl.int32)
-        next_lo = 0
-        next_hi = 0
-    return ts_base, next_ts, next_lo, next_hi
-
-
-@triton.jit
 def _hstu_fwd_kernel(
     Q, K, V, Out, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
@@ -290,7 +231,7 @@ def _hstu_fwd_kernel(
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
-    UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
+    UPCAST: tl.constexpr, FAST_LOG: tl.constexpr,
     TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Longest rows first: query tile m needs ~m key tiles, so the heaviest programs start first.
@@ -307,8 +248,8 @@ def _hstu_fwd_kernel(
     if start_m >= seq_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    ts_base, next_ts, next_lo, next_hi = _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m,
-                                                        HAS_TIME, REL_TS, BLOCK_M)
+    origin = _time_origin(Ts, seq_start, start_m, HAS_TIME)
+    next_f = _rel_times(NextTs, seq_start, offs_m, seq_len, origin, HAS_TIME)  # (BLOCK_M,) request times
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_rows = (seq_start + offs_m).to(tl.int64)
@@ -320,22 +261,22 @@ def _hstu_fwd_kernel(
     ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
                                                          HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(full_lo, full_hi, BLOCK_N):
-        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, start_n,
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
                         seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
                         num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
                         BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST,
-                        PREC, UPCAST, REL_TS, FAST_LOG)
+                        PREC, UPCAST, FAST_LOG)
     # The masked ranges in one loop, so that the tile body is compiled twice, not four times.
     n_ctx = tl.cdiv(ctx_hi, BLOCK_N)
     n_lo = tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N)
     n_hi = tl.cdiv(tl.maximum(hi - mid, 0), BLOCK_N)
     for t in range(0, n_ctx + n_lo + n_hi):
         start_n = _chained_start(t, 0, n_ctx, lo, n_lo, mid, n_hi, mid, BLOCK_N)
-        acc = _fwd_tile(acc, q, Kh, Vh, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, start_n,
+        acc = _fwd_tile(acc, q, Kh, Vh, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
                         seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
                         num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
                         BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST,
-                        PREC, UPCAST, REL_TS, FAST_LOG)
+                        PREC, UPCAST, FAST_LOG)
 
     o_ptrs = Out + h * stride_oh + q_rows[:, None] * stride_on + offs_dv[None, :]
     o_mask = (offs_m[:, None] < seq_len) & (offs_dv[None, :] < D_V)
@@ -385,28 +326,26 @@ def _query_ranges(start_n, seq_len, hist_end, num_contextual, window, HAS_TARGET
 
 
 @triton.jit
-def _scores_t(k, q, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, offs_n, start_n, seq_start,
-              seq_len, alpha, pos_center, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
-              PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _scores_t(k, q, PosE, TimeBias, next_f, ts_f, offs_m, start_n, alpha, pos_center, HAS_POS: tl.constexpr,
+              HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr,
+              BLOCK_N: tl.constexpr):
     """``S^T = alpha * K Q^T + bias^T``, ``(BLOCK_N, BLOCK_M)``."""
     s = _dot(k, tl.trans(q), PREC, UPCAST) * alpha  # (BLOCK_N, BLOCK_M)
     if HAS_POS:
         s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, True)
     if HAS_TIME:
-        s += _time_tile(TimeBias, Ts, seq_start, seq_len, ts_base, next_ts, next_lo, next_hi, offs_n, start_n,
-                        REL_TS, FAST_LOG, True, BLOCK_M, BLOCK_N)
+        s += _time_tile(TimeBias, next_f, ts_f, FAST_LOG, True)[0]
     return s
 
 
 @triton.jit
-def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n, start_m,
+def _bwd_tile(dk, dv, k, v, Q, DO, DQ, NextTs, origin, ts_f, PosE, TimeBias, offs_n, start_n, start_m,
               seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn,
               alpha, inv_scale, pos_center, num_contextual, window, offs_dqk, offs_dv,
               D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
               HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-              REL_TS: tl.constexpr, FAST_LOG: tl.constexpr, BLOCK_N: tl.constexpr):
+              FAST_LOG: tl.constexpr, BLOCK_N: tl.constexpr):
     """One query tile against the program's key tile, in the transposed orientation ``(BLOCK_N, BLOCK_M)``."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_len
@@ -415,11 +354,9 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, Ts, NextTs, ts_base, PosE, TimeBias, offs
                 mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), other=0.0)
     do = tl.load(DO + rows[:, None] * stride_don + offs_dv[None, :],
                  mask=row_ok[:, None] & (offs_dv[None, :] < D_V), other=0.0)
-    _, next_ts, next_lo, next_hi = _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m, HAS_TIME,
-                                                  REL_TS, BLOCK_M)
-    s = _scores_t(k, q, Ts, ts_base, PosE, TimeBias, next_ts, next_lo, next_hi, offs_m, offs_n, start_n,
-                  seq_start, seq_len, alpha, pos_center, HAS_POS, HAS_TIME, PREC, UPCAST, REL_TS,
-                  FAST_LOG, BLOCK_M, BLOCK_N)
+    next_f = _rel_times(NextTs, seq_start, offs_m, seq_len, origin, HAS_TIME)  # (BLOCK_M,)
+    s = _scores_t(k, q, PosE, TimeBias, next_f, ts_f, offs_m, start_n, alpha, pos_center, HAS_POS, HAS_TIME,
+                  PREC, UPCAST, FAST_LOG, BLOCK_N)
     sig = _sigmoid(s, False)
     a = s * sig * inv_scale
     da = _dot(v, tl.trans(do), PREC, UPCAST)  # (BLOCK_N, BLOCK_M) = dA^T
@@ -447,7 +384,7 @@ def _hstu_bwd_kernel(
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    REL_TS: tl.constexpr, FAST_LOG: tl.constexpr, TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr,
+    FAST_LOG: tl.constexpr, TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     # Key tile n sees ~(N - n) query tiles: natural order is longest first.
@@ -471,9 +408,8 @@ def _hstu_bwd_kernel(
                 mask=(offs_n[:, None] < seq_len) & (offs_dqk[None, :] < D_QK), other=0.0)
     v = tl.load(V + h * stride_vh + k_rows[:, None] * stride_vn + offs_dv[None, :],
                 mask=(offs_n[:, None] < seq_len) & (offs_dv[None, :] < D_V), other=0.0)
-    ts_base = 0
-    if HAS_TIME:
-        ts_base = tl.load(Ts + seq_start)
+    origin = _time_origin(Ts, seq_start, start_n, HAS_TIME)
+    ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,) event times of the keys
     Qh = Q + h * stride_qh
     DOh = DO + h * stride_doh
     DQh = DQ + h * stride_dqh
@@ -488,22 +424,22 @@ def _hstu_bwd_kernel(
     else:
         n_below = n_below * 0
     for start_m in range(m_diag, free_hi, BLOCK_M):
-        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
+        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, origin, ts_f, PosE, TimeBias, offs_n, start_n,
                            start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
                            inv_scale, pos_center, num_contextual, window, offs_dqk, offs_dv,
                            D_QK, D_V, BLOCK_M, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                           HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
+                           HAS_TIME, PREC, UPCAST, FAST_LOG, BLOCK_N)
     # The masked ranges in one loop, so that this large tile body is compiled twice, not four times.
     n_ctx = tl.cdiv(ctx_hi, BLOCK_M)
     n_diag = tl.cdiv(m_diag - m_lo, BLOCK_M)
     n_cand = tl.cdiv(tl.maximum(seq_len - m_cand, 0), BLOCK_M)
     for t in range(0, n_ctx + n_diag + n_below + n_cand):
         start_m = _chained_start(t, 0, n_ctx, m_lo, n_diag, m_diag, n_below, m_cand, BLOCK_M)
-        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, Ts, NextTs, ts_base, PosE, TimeBias, offs_n, start_n,
+        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, NextTs, origin, ts_f, PosE, TimeBias, offs_n, start_n,
                            start_m, seq_start, seq_len, hist_end, stride_qn, stride_don, stride_dqn, alpha,
                            inv_scale, pos_center, num_contextual, window, offs_dqk, offs_dv,
                            D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                           HAS_TIME, PREC, UPCAST, REL_TS, FAST_LOG, BLOCK_N)
+                           HAS_TIME, PREC, UPCAST, FAST_LOG, BLOCK_N)
 
     key_ok = offs_n[:, None] < seq_len
     tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
@@ -567,7 +503,7 @@ def _pos_grad(DPos, ds, i, j, ok, start_m, start_n, scale_len, BLOCK_M: tl.const
 
 
 @triton.jit
-def _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi, offs_m,
+def _bias_grad_tile(Q, K, V, DO, Ts, origin, PosE, TimeBias, DPos, DTime, next_f, offs_m,
                     start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh, stride_kn, stride_kh,
                     stride_vn, stride_vh, stride_don, stride_doh, alpha, inv_scale, pos_center, scale_len,
                     num_contextual, window, H, offs_dqk, offs_dv, D_QK: tl.constexpr,
@@ -575,7 +511,7 @@ def _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_
                     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr,
                     HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr,
                     HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
-                    PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr):
+                    PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr):
     """Sum one (query tile, key tile)'s ``dS^T`` over heads, then reduce it into the bias-table gradients.
 
     The bias is the same for every head, so it is computed once per tile, and the reduction (skewed sums
@@ -589,15 +525,9 @@ def _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_
     if HAS_POS:
         bias += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, True)
     codes = tl.full((BLOCK_N, BLOCK_M), -1, tl.int32)
-    uniform = False
-    code = 0
-    next_f = tl.zeros([BLOCK_M], dtype=tl.float32)
-    ts_lo = ts_base * 0
     if HAS_TIME:
-        next_f, ts_f, ts_lo, uniform, code = _tile_times(Ts, seq_start, seq_len, ts_base, next_ts, next_lo,
-                                                         next_hi, offs_n, start_n, REL_TS, FAST_LOG)
-        time_bias, codes = _time_values(TimeBias, next_f, ts_f, uniform, code, FAST_LOG, True,
-                                        BLOCK_M, BLOCK_N)
+        ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,)
+        time_bias, codes = _time_tile(TimeBias, next_f, ts_f, FAST_LOG, True)
         bias += time_bias
     ds_sum = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
     for h in range(H):
@@ -622,17 +552,13 @@ def _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_
     if GRAD_POS:
         _pos_grad(DPos, ds_sum, i, j, ok, start_m, start_n, scale_len, BLOCK_M, BLOCK_N)
     if GRAD_TIME:
-        if uniform:
-            tl.atomic_add(_time_slot(DTime, code), tl.sum(tl.sum(ds_sum, axis=1), axis=0), sem="relaxed")
+        if MASKED:
+            ok_next = _allowed(i, j + 1, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT,
+                               HAS_WINDOW)
         else:
-            if MASKED:
-                ok_next = _allowed(i, j + 1, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT,
-                                   HAS_WINDOW)
-            else:
-                ok_next = row_ok[None, :] & (offs_n[:, None] + 1 < seq_len)
-            ts_k_next = _load_ts(Ts, seq_start, offs_n + 1, seq_len, ts_base, REL_TS)  # for run boundaries
-            ts_f_next = _float_time(ts_k_next - ts_lo)  # as in _tile_times: equal times give equal codes
-            _time_grad(DTime, ds_sum, codes, ok, next_f, ts_f_next, ok_next, FAST_LOG, BLOCK_N)
+            ok_next = row_ok[None, :] & (offs_n[:, None] + 1 < seq_len)
+        ts_f_next = _rel_times(Ts, seq_start, offs_n + 1, seq_len, origin, HAS_TIME)  # for run boundaries
+        _time_grad(DTime, ds_sum, codes, ok, next_f, ts_f_next, ok_next, FAST_LOG, BLOCK_N)
 
 
 @triton.jit
@@ -643,7 +569,7 @@ def _hstu_bias_bwd_kernel(
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
-    PREC: tl.constexpr, UPCAST: tl.constexpr, REL_TS: tl.constexpr, FAST_LOG: tl.constexpr,
+    PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr,
     GRAD_SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # One flat grid axis: a sequence's query tiles side by side (they share its K, V in L2), longest first.
@@ -659,33 +585,33 @@ def _hstu_bias_bwd_kernel(
     if start_m >= seq_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    ts_base, next_ts, next_lo, next_hi = _request_times(Ts, NextTs, seq_start, seq_len, offs_m, start_m,
-                                                        HAS_TIME, REL_TS, BLOCK_M)
+    origin = _time_origin(Ts, seq_start, start_m, HAS_TIME)
+    next_f = _rel_times(NextTs, seq_start, offs_m, seq_len, origin, HAS_TIME)  # (BLOCK_M,) request times
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
                                                          HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(full_lo, full_hi, BLOCK_N):
-        _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
-                        offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
+        _bias_grad_tile(Q, K, V, DO, Ts, origin, PosE, TimeBias, DPos, DTime, next_f, offs_m,
+                        start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
                         stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
                         inv_scale, pos_center, scale_len, num_contextual, window, H,
                         offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, False,
                         HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
-                        PREC, UPCAST, REL_TS, FAST_LOG)
+                        PREC, UPCAST, FAST_LOG)
     # The masked ranges in one loop, so that this large tile body is compiled twice, not four times.
     n_ctx = tl.cdiv(ctx_hi, BLOCK_N)
     n_lo = tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N)
     n_hi = tl.cdiv(tl.maximum(hi - mid, 0), BLOCK_N)
     for t in range(0, n_ctx + n_lo + n_hi):
         start_n = _chained_start(t, 0, n_ctx, lo, n_lo, mid, n_hi, mid, BLOCK_N)
-        _bias_grad_tile(Q, K, V, DO, Ts, ts_base, PosE, TimeBias, DPos, DTime, next_ts, next_lo, next_hi,
-                        offs_m, start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
+        _bias_grad_tile(Q, K, V, DO, Ts, origin, PosE, TimeBias, DPos, DTime, next_f, offs_m,
+                        start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
                         stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,
                         inv_scale, pos_center, scale_len, num_contextual, window, H,
                         offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True,
                         HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
-                        PREC, UPCAST, REL_TS, FAST_LOG)
+                        PREC, UPCAST, FAST_LOG)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -796,13 +722,6 @@ def _grid(pairs: int, max_len: int, block: str, tile_major: bool, meta: dict) ->
     return (tiles, pairs) if tile_major else (pairs, tiles)
 
 
-def _rel_ts_dtype(timestamps: Tensor | None):
-    """Relative event times fit int32 for integer seconds (68 years); float times stay float."""
-    if timestamps is None or not timestamps.dtype.is_floating_point:
-        return tl.int32
-    return tl.float32
-
-
 def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -864,13 +783,13 @@ def _shape_args(num_contextual, window, time_table, num_heads, max_len) -> list[
     return [int(num_contextual), int(window or 0), time_rows, num_heads, _next_pow2(max_len)]
 
 
-def _meta(q: Tensor, v: Tensor, timestamps: Tensor | None, flags: dict) -> dict:
+def _meta(q: Tensor, v: Tensor, flags: dict) -> dict:
     """Compile-time constants shared by the three kernels."""
     d_qk, d_v = q.shape[2], v.shape[2]
     return dict(
         D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)), **flags,
         PREC=_dot_precision(q.dtype), UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
-        FAST_LOG=not _interpreting(), REL_TS=_rel_ts_dtype(timestamps),
+        FAST_LOG=not _interpreting(),
     )
 
 
@@ -885,7 +804,7 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
     args = [q, k, v, out, *tables, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             out.stride(0), out.stride(1), *_scalars(alpha, scale_len, max_len),
             *_shape_args(num_contextual, window, time_table, num_heads, max_len)]
-    meta = _meta(q, v, timestamps, _flags(num_targets, num_contextual, window, pos_exp, time_table))
+    meta = _meta(q, v, _flags(num_targets, num_contextual, window, pos_exp, time_table))
     meta["FAST"] = q.dtype != torch.float32 and not _interpreting()
     meta["TILE_MAJOR"] = _tile_major(batch * num_heads)
     grid = partial(_grid, batch * num_heads, max_len, "BLOCK_M", meta["TILE_MAJOR"])
@@ -907,7 +826,7 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         tables = _tables(offsets, num_targets, pos_exp, time_table, timestamps, next_ts)
         scalars = _scalars(alpha, scale_len, max_len)
         shape = _shape_args(num_contextual, window, time_table, num_heads, max_len)
-        meta = _meta(q, v, timestamps, _flags(num_targets, num_contextual, window, pos_exp, time_table))
+        meta = _meta(q, v, _flags(num_targets, num_contextual, window, pos_exp, time_table))
         in_strides = [q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                       do.stride(0), do.stride(1)]
         args = [q, k, v, do, dq32, dk, dv, *tables, *in_strides, dq32.stride(0), dq32.stride(1), dk.stride(0),

@@ -81,11 +81,15 @@ def _rel_times(Ts, seq_start, pos, seq_len, origin, HAS_TIME: tl.constexpr):
 
     ``origin`` is the event time of a tile's first row, so the gaps between nearby events (under ``2**24``
     s, 194 days, apart) are exact, and a far event's gap is at most an ulp off, as coarse as
-    ``lg2.approx``. One float subtraction per pair then gives its gap. Zeros without the temporal bias.
+    ``lg2.approx``. One float subtraction per pair then gives its gap. Integer (int64) differences
+    stay below the limit, so only float times are clamped. Zeros without the temporal bias.
     """
     if HAS_TIME:
         t = tl.load(Ts + seq_start + pos, mask=pos < seq_len, other=0)
-        return tl.minimum(tl.maximum((t - origin).to(tl.float32), -_TIME_LIMIT), _TIME_LIMIT)
+        rel = (t - origin).to(tl.float32)
+        if t.dtype.is_floating():
+            rel = tl.minimum(tl.maximum(rel, -_TIME_LIMIT), _TIME_LIMIT)
+        return rel
     else:
         return tl.zeros(pos.shape, tl.float32)
 

@@ -198,14 +198,17 @@ def test_query_times_set_the_last_rows_request_time(lengths):
     _run_both(case, query_times=query)
 
 
-def test_temporal_bias_float_times_with_huge_gaps():
-    """Float event times far apart (up to 2**100 s) hit the last bucket, as in the reference.
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_temporal_bias_with_huge_gaps(dtype):
+    """Event times far apart (up to 2**100 s as floats, 2**50 s as integers) hit the last bucket, as in the
+    reference (the kernels clamp float times to +-2**67 s).
 
-    The times are exact in float32, as the kernels take them relative to the sequence's first event.
+    The float times are exact in float32, as the kernels take their differences in float32.
     """
     case = _case(17, [20, 12, 5], time=True)
     total = case["timestamps"].numel()
     gen = torch.Generator().manual_seed(7)
-    times = torch.tensor([0.0, 1.0, 3.0, 7.0, 2.0**40, 2.0**70, 2.0**100], dtype=torch.float64)
-    case["timestamps"] = times[torch.randint(0, len(times), (total,), generator=gen)].sort().values
+    far = [2.0**70, 2.0**100] if dtype.is_floating_point else [2.0**31, 2.0**50]
+    times = torch.tensor([0.0, 1.0, 3.0, 7.0, 2.0**40, *far], dtype=torch.float64)
+    case["timestamps"] = times[torch.randint(0, len(times), (total,), generator=gen)].sort().values.to(dtype)
     _run_both(case)

@@ -217,6 +217,24 @@ def _chained_start(t, start0, count0, start1, count1, start2, count2, start3, BL
 
 
 @triton.jit
+def _masked_key_count(ctx_hi, lo, full_lo, mid, hi, BLOCK_N: tl.constexpr):
+    """Key tiles in the masked ranges of ``_key_ranges``: ``[0, ctx_hi)``, ``[lo, full_lo)``, ``[mid, hi)``.
+
+    They run as one loop (``_masked_key_start``), so the masked tile body is compiled once, not thrice.
+    """
+    n_lo = tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N)
+    return tl.cdiv(ctx_hi, BLOCK_N) + n_lo + tl.cdiv(tl.maximum(hi - mid, 0), BLOCK_N)
+
+
+@triton.jit
+def _masked_key_start(t, ctx_hi, lo, full_lo, mid, BLOCK_N: tl.constexpr):
+    """First key of the ``t``-th masked key tile (see ``_masked_key_count``)."""
+    n_ctx = tl.cdiv(ctx_hi, BLOCK_N)
+    n_lo = tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N)
+    return _chained_start(t, 0, n_ctx, lo, n_lo, mid, 0, mid, BLOCK_N)  # the last range runs to the loop's end
+
+
+@triton.jit
 def _sequence(Offsets, NumTargets, b, HAS_TARGETS: tl.constexpr):
     """Start, length and history end (first candidate row) of sequence ``b``."""
     seq_start = tl.load(Offsets + b)
@@ -270,12 +288,8 @@ def _hstu_fwd_kernel(
                         num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
                         BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST,
                         PREC, UPCAST, FAST_LOG)
-    # The masked ranges in one loop, so that the tile body is compiled twice, not four times.
-    n_ctx = tl.cdiv(ctx_hi, BLOCK_N)
-    n_lo = tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N)
-    n_hi = tl.cdiv(tl.maximum(hi - mid, 0), BLOCK_N)
-    for t in range(0, n_ctx + n_lo + n_hi):
-        start_n = _chained_start(t, 0, n_ctx, lo, n_lo, mid, n_hi, mid, BLOCK_N)
+    for t in range(0, _masked_key_count(ctx_hi, lo, full_lo, mid, hi, BLOCK_N)):
+        start_n = _masked_key_start(t, ctx_hi, lo, full_lo, mid, BLOCK_N)
         acc = _fwd_tile(acc, q, Kh, Vh, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
                         seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
                         num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
@@ -603,12 +617,8 @@ def _hstu_bias_bwd_kernel(
                         offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, False,
                         HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, GRAD_POS, GRAD_TIME,
                         PREC, UPCAST, FAST_LOG)
-    # The masked ranges in one loop, so that this large tile body is compiled twice, not four times.
-    n_ctx = tl.cdiv(ctx_hi, BLOCK_N)
-    n_lo = tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N)
-    n_hi = tl.cdiv(tl.maximum(hi - mid, 0), BLOCK_N)
-    for t in range(0, n_ctx + n_lo + n_hi):
-        start_n = _chained_start(t, 0, n_ctx, lo, n_lo, mid, n_hi, mid, BLOCK_N)
+    for t in range(0, _masked_key_count(ctx_hi, lo, full_lo, mid, hi, BLOCK_N)):
+        start_n = _masked_key_start(t, ctx_hi, lo, full_lo, mid, BLOCK_N)
         _bias_grad_tile(Q, K, V, DO, Ts, origin, PosE, TimeBias, DPos, DTime, next_f, offs_m,
                         start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh,
                         stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha,

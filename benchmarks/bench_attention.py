@@ -40,7 +40,7 @@ def make_batch(batch, n, heads, d_qk, d_v, dtype, seed, targets=None, device="cu
     q, k, v = (t.contiguous().to(device) for t in qkv.split([d_qk, d_qk, d_v], dim=-1))
     gaps = torch.randint(1, 200_000, (total,), generator=gen)
     ts = (1_600_000_000 + gaps.cumsum(0)).to(device)
-    # a second event-time distribution for the uniform-tile shortcut: gaps log-uniform from 1 s to 11 days
+    # a second event-time distribution, bursty: gaps log-uniform from 1 s to 11 days
     # (own generator, so the other tensors stay those of earlier runs with the same seed)
     bursty = (10 ** (torch.rand(total, generator=torch.Generator().manual_seed(seed + 1)) * 6)).long()
     ts_bursty = (1_600_000_000 + bursty.cumsum(0)).to(device)

@@ -792,7 +792,10 @@ def _scalars(alpha, scale_len, max_len) -> list:
 
 
 def _shape_args(num_contextual, window, time_table, num_heads, max_len) -> list[int]:
-    """``num_contextual``, ``window``, ``time_rows``, ``H`` and ``MAX_LEN_BUCKET`` (the autotuning key)."""
+    """``num_contextual``, ``window``, ``time_rows``, ``H`` and ``MAX_LEN_BUCKET`` (the autotuning key).
+
+    ``time_rows`` is the temporal lookup table's length; only the bias kernel reads it.
+    """
     time_rows = time_table.numel() if time_table is not None else 0
     return [int(num_contextual), int(window or 0), time_rows, num_heads, _next_pow2(max_len)]
 

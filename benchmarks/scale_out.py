@@ -503,6 +503,11 @@ def run_one(args: argparse.Namespace) -> None:
                         default_root_dir=tempfile.mkdtemp(prefix="scale_out_"))
     data = ZipfDataModule(workload, args.seed, total_steps, args.workers, pin=accelerator == "cuda")
     trainer.fit(model, datamodule=data)
+    # Lightning leaves the process group up. Left to interpreter exit, gloo's threads were seen to
+    # abort the process ("terminate called without an active exception", exit -6) after a profiled
+    # CPU run had written its result; end it here, while the ranks are still in step.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 # --- the sweep ------------------------------------------------------------------------------------------

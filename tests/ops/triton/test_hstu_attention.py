@@ -203,7 +203,8 @@ def test_temporal_bias_with_huge_gaps(dtype):
     """Event times far apart (up to 2**100 s as floats, 2**50 s as integers) hit the last bucket, as in the
     reference (the kernels clamp float times to +-2**67 s).
 
-    The float times are exact in float32, as the kernels take their differences in float32.
+    The times are exact in float32: the kernels round each time (relative to its tile's first event) to
+    float32 before taking a gap, where the reference rounds the gap.
     """
     case = _case(17, [20, 12, 5], time=True)
     total = case["timestamps"].numel()

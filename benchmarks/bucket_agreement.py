@@ -1,9 +1,11 @@
 """How often the Triton kernels' temporal bucket differs from the reference's, on the GPU.
 
-The kernels bucket a gap with ``lg2.approx`` and one ``fma.rm`` (``time_code``); the reference with
-float32 ``log`` and a division (``time_buckets``). Near a bucket boundary the two can disagree by one.
-This counts the disagreements over fresh random integer gaps in three ranges, for ``time_code`` and for
-the earlier kernel form (``lg2.approx``, a rounded multiply and a truncation), and writes JSON:
+For bf16 and fp16 inputs the kernels bucket a gap with ``lg2.approx`` and one ``fma.rm`` (``time_code``
+with FAST); the reference with float32 ``log`` and a multiply (``time_buckets``). Near a bucket boundary
+the two can disagree by one. This counts the disagreements over fresh random integer gaps in three
+ranges, for that path, for the fp32 path (``time_code`` without FAST: libdevice ``logf``, which must
+agree exactly) and for the session-4 form (``lg2.approx``, a rounded multiply and a truncation), and
+writes JSON:
 
     PYTHONPATH=$PWD python3 benchmarks/bucket_agreement.py --out benchmarks/results/bucket_agreement_h100.json
 """
@@ -32,6 +34,13 @@ def _current(G, Out, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _exact(G, Out, n, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    g = tl.load(G + o, mask=o < n, other=1.0)
+    tl.store(Out + o, time_code(g, False) - TIME_CODE0, mask=o < n)
+
+
+@triton.jit
 def _rounded_multiply(G, Out, n, BLOCK: tl.constexpr):
     o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     g = tl.maximum(tl.load(G + o, mask=o < n, other=1.0), 1.0)
@@ -54,7 +63,8 @@ def main() -> None:
         gaps = torch.randint(lo, hi, (args.samples,), device="cuda", generator=gen)
         ref = time_buckets(gaps, torch.zeros_like(gaps), 10**6).int()  # no upper clamp in reach
         entry = dict(gaps=[lo, hi])
-        for name, kernel in (("time_code", _current), ("rounded_multiply", _rounded_multiply)):
+        for name, kernel in (("time_code", _current), ("time_code_fp32", _exact),
+                             ("rounded_multiply", _rounded_multiply)):
             out = torch.empty_like(ref)
             kernel[(triton.cdiv(args.samples, 1024),)](gaps.float(), out, args.samples, BLOCK=1024)
             bad = out != ref

@@ -16,6 +16,8 @@ from gr_lightning.ops.jagged import jagged_to_padded, padded_to_jagged, seq_inde
 
 #: Width of one temporal bucket in log-seconds (Section 3.1 of the paper's reference code).
 TIME_BUCKET_WIDTH = 0.301
+#: ``1 / TIME_BUCKET_WIDTH``: buckets are ``floor(ln(gap) * TIME_BUCKET_SCALE)``.
+TIME_BUCKET_SCALE = 1.0 / TIME_BUCKET_WIDTH
 
 
 def time_buckets(next_ts: Tensor, ts: Tensor, num_buckets: int) -> Tensor:
@@ -33,7 +35,9 @@ def time_buckets(next_ts: Tensor, ts: Tensor, num_buckets: int) -> Tensor:
 
     """
     gap = (next_ts - ts).abs().clamp(min=1).to(torch.float32)
-    return (torch.log(gap) / TIME_BUCKET_WIDTH).floor().clamp(0, num_buckets).to(torch.int64)
+    # A multiply, not a division: a tensor divided by a Python scalar is a multiply by its reciprocal on
+    # CUDA, so spelling it out gives the same float32 value on every device and in the Triton kernels.
+    return (torch.log(gap) * TIME_BUCKET_SCALE).floor().clamp(0, num_buckets).to(torch.int64)
 
 
 def next_timestamps(ts: Tensor, offsets: Tensor, query_times: Tensor | None = None) -> Tensor:
@@ -195,6 +199,7 @@ def attention_flops(lengths: Tensor, num_heads: int, d_qk: int, d_v: int) -> flo
 
 
 __all__ = [
+    "TIME_BUCKET_SCALE",
     "TIME_BUCKET_WIDTH",
     "attention_flops",
     "attention_mask",

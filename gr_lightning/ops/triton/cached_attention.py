@@ -26,6 +26,7 @@ from torch import Tensor
 from gr_lightning.ops.pytorch.cached_attention import check_cache_inputs
 from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
 from gr_lightning.ops.triton._common import dot as _dot
+from gr_lightning.ops.triton._common import fast_log as _fast_log
 from gr_lightning.ops.triton._common import interpreting as _interpreting
 from gr_lightning.ops.triton._common import load_kv_tile as _load_kv_tile
 from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
@@ -300,7 +301,7 @@ def cached_hstu_attention(
         PREC="ieee" if q.dtype == torch.float32 else "tf32",
         UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
         REL_TS=tl.float32 if ts is not None and ts.dtype.is_floating_point else tl.int32,
-        FAST_LOG=not _interpreting(),  # the full kernel's bucketing, so cached and full rows agree
+        FAST_LOG=_fast_log(q.dtype),  # the full kernel's bucketing, so cached and full rows agree
     )
 
     def grid(m):

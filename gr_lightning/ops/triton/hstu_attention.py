@@ -24,6 +24,7 @@ from torch import Tensor
 from gr_lightning.ops.pytorch.hstu_attention import next_timestamps
 from gr_lightning.ops.triton._common import TIME_LIMIT as _TIME_LIMIT
 from gr_lightning.ops.triton._common import dot as _dot
+from gr_lightning.ops.triton._common import fast_log as _fast_log
 from gr_lightning.ops.triton._common import fold_time_grad as _fold_time_grad
 from gr_lightning.ops.triton._common import interpreting as _interpreting
 from gr_lightning.ops.triton._common import load_kv_tile as _load_kv_tile
@@ -806,7 +807,7 @@ def _meta(q: Tensor, v: Tensor, flags: dict) -> dict:
     return dict(
         D_QK=d_qk, D_V=d_v, BLOCK_DQK=max(16, _next_pow2(d_qk)), BLOCK_DV=max(16, _next_pow2(d_v)), **flags,
         PREC=_dot_precision(q.dtype), UPCAST=(q.dtype == torch.bfloat16 and _interpreting()),
-        FAST_LOG=not _interpreting(),
+        FAST_LOG=_fast_log(q.dtype),
     )
 
 

@@ -35,8 +35,8 @@ def time_buckets(next_ts: Tensor, ts: Tensor, num_buckets: int) -> Tensor:
 
     """
     gap = (next_ts - ts).abs().clamp(min=1).to(torch.float32)
-    # A multiply, not a division: a tensor divided by a Python scalar is a multiply by its reciprocal on
-    # CUDA, so spelling it out gives the same float32 value on every device and in the Triton kernels.
+    # A multiply, as in the Triton kernels' fp32 path, which then agrees with this bucket for every gap
+    # (benchmarks/bucket_agreement.py).
     return (torch.log(gap) * TIME_BUCKET_SCALE).floor().clamp(0, num_buckets).to(torch.int64)
 
 

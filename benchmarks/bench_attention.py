@@ -287,6 +287,8 @@ def main():
             if variant not in ("reference", "sdpa_flash"):
                 rec["best_fwd_config"] = str(hstu_mod._fwd_tuned.best_config)
                 rec["best_bwd_config"] = str(hstu_mod._bwd_tuned.best_config)
+                if variant in ("bias", "time", "pos"):
+                    rec["best_bias_grad_config"] = str(hstu_mod._bias_bwd_tuned.best_config)
             entry["variants"][variant] = rec
             rows.append((shape, variant, t_f, t_fb, rec["fwd_tflops"], rec["fwd_bwd_tflops"]))
             print(f"{shape:>8} {variant:>10}: fwd {t_f:8.3f} ms {rec['fwd_tflops']:6.1f} TF/s | fwd+bwd "

@@ -176,6 +176,29 @@ def time_gather(Table, codes, FAST: tl.constexpr):
         return tl.load(time_slot(Table, codes))
 
 
+#: ``red.global.add.f32`` of ``$4`` to the fp32 at ``base + 4 * code`` where ``$2`` is non-zero.
+_SCATTER_ADD_ASM: tl.constexpr = tl.constexpr(
+    "{ .reg .pred p; .reg .u64 a; setp.ne.s32 p, $2, 0; mad.wide.s32 a, $1, 4, $3; "
+    "@p red.global.add.f32 [a], $4; mov.u32 $0, 0; }"
+)
+
+
+@triton.jit
+def time_scatter_add(Table, codes, values, mask, FAST: tl.constexpr):
+    """Add ``values`` where ``mask`` to a lookup table's entries at bucket ``codes`` (see ``time_slot``).
+
+    FAST adds in inline PTX: each element's address is formed next to its atomic from the 32-bit code,
+    where ``tl.atomic_add`` takes a tensor of 64-bit pointers that stays live in registers (two per
+    element) until the atomics run.
+    """
+    if FAST:
+        base = (Table + 1 - TIME_CODE0).to(tl.int64)
+        tl.inline_asm_elementwise(_SCATTER_ADD_ASM, "=r,r,r,l,r", [codes, mask.to(tl.int32), base, values],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.atomic_add(time_slot(Table, codes), values, mask=mask, sem="relaxed")
+
+
 @triton.jit
 def load_kv_tile(K, V, rows, valid, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK: tl.constexpr,
                  D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BOUND: tl.constexpr):

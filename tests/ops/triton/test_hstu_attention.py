@@ -123,8 +123,10 @@ def test_temporal_bias_with_a_long_pause():
     _run_both(case, num_contextual=2, window=7)
 
 
-def test_positional_bias_clamped():
+@pytest.mark.parametrize("bias_blocks", [(16, 16), (16, 32), (32, 16)])
+def test_positional_bias_clamped(bias_blocks, monkeypatch):
     """Relative positions beyond the table (``scale_len`` < sequence length) clamp to its end rows."""
+    monkeypatch.setattr(triton_mod, "_INTERPRET_BIAS_BLOCKS", bias_blocks)
     case = _case(16, [20, 15, 4], pos=True, time=True)
     scale_len = 6
     case["pos_bias"] = torch.randn(2 * scale_len - 1, generator=torch.Generator().manual_seed(2))
@@ -143,11 +145,22 @@ def test_head_dims_differ_and_not_pow2():
     _run_both(_case(9, [13, 20], heads=1, d_qk=25, d_v=16, pos=True))
 
 
-def test_uneven_tiles(monkeypatch):
-    """BLOCK_M != BLOCK_N in both kernels exercises the tile-range arithmetic."""
+@pytest.mark.parametrize("bias_blocks", [(16, 32), (32, 16)])
+def test_uneven_tiles(bias_blocks, monkeypatch):
+    """BLOCK_M != BLOCK_N in every kernel exercises the tile-range and tile-diagonal arithmetic."""
     monkeypatch.setattr(triton_mod, "_INTERPRET_FWD_BLOCKS", (32, 16))
     monkeypatch.setattr(triton_mod, "_INTERPRET_BWD_BLOCKS", (16, 32))
-    _run_both(_case(10, [20, 19, 2], targets=[3, 1, 0], pos=True), num_contextual=2, window=7)
+    monkeypatch.setattr(triton_mod, "_INTERPRET_BIAS_BLOCKS", bias_blocks)
+    _run_both(_case(10, [20, 19, 2], targets=[3, 1, 0], pos=True, time=True), num_contextual=2, window=7)
+
+
+@pytest.mark.parametrize("num_contextual", [0, 3])
+def test_bias_gradients_on_long_sequences_with_uneven_tiles(num_contextual, monkeypatch):
+    """Sequences of many tiles: each diagonal of the bias backward sums several tiles before its reduction."""
+    monkeypatch.setattr(triton_mod, "_INTERPRET_BIAS_BLOCKS", (16, 8))
+    case = _case(18, [61, 40, 9], targets=[4, 0, 2], pos=True, time=True)
+    case["pos_bias"] = torch.randn(2 * 64 - 1, generator=torch.Generator().manual_seed(4))
+    _run_both(case, num_contextual=num_contextual, scale_len=64)
 
 
 @pytest.mark.parametrize("tile_major, max_grid_y", [(False, 65535), (True, 65535), (True, 5)])

@@ -199,7 +199,12 @@ def main():
     parser.add_argument("--variants", default=None,
                         help="comma-separated variants to measure at every shape (default: the issue's list, "
                              "plus the extras at the first shape)")
+    parser.add_argument("--dq-atomics", choices=("tma", "elementwise"), default=None,
+                        help="how the backward adds dQ tiles: TMA bulk reductions (Hopper) or one atomic per "
+                             "element (default: the library's choice, tma with a bias table)")
     args = parser.parse_args()
+    if args.dq_atomics is not None:
+        hstu_mod._DQ_TMA = args.dq_atomics == "tma"
     if set(args.check_dtypes.split(",")) - {"bfloat16", "float32"}:
         parser.error(f"--check-dtypes takes bfloat16 and/or float32, not {args.check_dtypes!r}")
     unknown = set(args.variants.split(",")) - set(VARIANTS + EXTRA_VARIANTS) if args.variants else set()
@@ -215,7 +220,9 @@ def main():
         torch=torch.__version__, triton=triton.__version__, heads=H, d_qk=D, d_v=D, dtype="bfloat16",
         lengths="uniform in [0.9N, N], seed 0",
         timing="triton.testing.do_bench median, warmup 25 ms, rep 100 ms",
-        flops="fwd = sum_seq 2*H*(d_qk+d_v)*L^2/2; fwd+bwd = 3.5x", checks={}, shapes=[],
+        flops="fwd = sum_seq 2*H*(d_qk+d_v)*L^2/2; fwd+bwd = 3.5x", checks={},
+        dq_atomics={None: "tma with a bias table", True: "tma", False: "elementwise"}[hstu_mod._DQ_TMA],
+        shapes=[],
     )
 
     def save():

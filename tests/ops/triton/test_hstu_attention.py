@@ -226,3 +226,21 @@ def test_temporal_bias_with_huge_gaps(dtype):
     times = torch.tensor([0.0, 1.0, 3.0, 7.0, 2.0**40, *far], dtype=torch.float64)
     case["timestamps"] = times[torch.randint(0, len(times), (total,), generator=gen)].sort().values.to(dtype)
     _run_both(case)
+
+
+@pytest.mark.parametrize("kernel", ["fwd", "bwd", "bias"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("bucket", [128, 4096])
+def test_tuner_candidates_fit_in_shared_memory(kernel, head_dim, bucket):
+    """Every configuration left to the tuner fits its tiles in shared memory and suits the length bucket."""
+    configs = {"fwd": triton_mod._FWD_CONFIGS, "bwd": triton_mod._BWD_CONFIGS, "bias": triton_mod._BIAS_CONFIGS}
+    kept = triton_mod._prune(configs[kernel], {"MAX_LEN_BUCKET": bucket, "Q": torch.empty(1, dtype=torch.bfloat16)},
+                             kernel, BLOCK_DQK=head_dim, BLOCK_DV=head_dim)
+    assert kept
+    for c in kept:
+        assert triton_mod._smem_estimate(c, head_dim, head_dim, 2, kernel) <= triton_mod._SMEM_BUDGET
+        tiles = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"])
+        assert max(tiles) <= 64 if bucket <= triton_mod._SHORT_BUCKET else min(tiles) >= 64
+    if kernel == "bias":  # one buffer depth per tile shape: the deepest that fits
+        shapes = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) for c in kept]
+        assert len(shapes) == len(set(shapes))

@@ -23,6 +23,7 @@ import time
 
 import torch
 import triton
+from _profile_summary import profile_breakdown  # benchmarks/ is on sys.path when run as a script
 from triton.testing import do_bench
 
 from gr_lightning.callbacks import backbone_flops
@@ -61,8 +62,8 @@ def make_layer(n: int, kernel: str, device: str, bias: str = "both") -> HSTU:
     return layer.to(device, torch.bfloat16).train()
 
 
-def measure(n: int, kernel: str, device: str, bias: str) -> dict:
-    """Time and peak memory of one forward+backward of the layer."""
+def measure(n: int, kernel: str, device: str, bias: str, profile_steps: int = 0) -> dict:
+    """Time and peak memory of one forward+backward of the layer; with ``profile_steps``, its top kernels."""
     inputs = make_inputs(BATCH, n, seed=0, device=device)
     layer = make_layer(n, kernel, device, bias)
     x = inputs["x"].requires_grad_()
@@ -97,7 +98,25 @@ def measure(n: int, kernel: str, device: str, bias: str) -> dict:
         record["skipped"] = "OOM"
         return record
     record.update(fwd_bwd_ms=ms, fwd_bwd_tflops=flops / ms * 1e-9)
+    if profile_steps:
+        record["profile"] = _profile(fwd_bwd, leaves, profile_steps)
     return record
+
+
+def _profile(fwd_bwd, leaves: list, steps: int) -> dict:
+    """Where ``steps`` forward+backward steps spend their device time, kernel by kernel."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            for p in leaves:
+                p.grad = None
+            fwd_bwd()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    summary = profile_breakdown(prof.events(), wall, steps, on_device=True, top=20)
+    return {k: summary[k] for k in ("wall_ms_per_step", "top_kernels", "device")}
 
 
 def main() -> None:
@@ -107,6 +126,8 @@ def main() -> None:
     parser.add_argument("--lengths", default="1024,2048,4096")
     parser.add_argument("--kernels", default="triton,pytorch")
     parser.add_argument("--bias", default="both", help=f"comma-separated, of {', '.join(BIAS)}")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="after timing, profile this many steps and record the top kernels")
     args = parser.parse_args()
     biases = args.bias.split(",")
     if not set(biases) <= set(BIAS):
@@ -123,9 +144,9 @@ def main() -> None:
     )
     for bias, n, kernel in itertools.product(biases, (int(x) for x in args.lengths.split(",")),
                                              args.kernels.split(",")):
-        record = dict(N=n, **measure(n, kernel, device, bias))
+        record = dict(N=n, **measure(n, kernel, device, bias, args.profile_steps))
         result["rows"].append(record)
-        shown = {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in record.items()}
+        shown = {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in record.items() if k != "profile"}
         print(shown, flush=True)
         torch.cuda.empty_cache()
         with open(args.out, "w") as f:

@@ -182,13 +182,16 @@ def _key_ranges(start_m, seq_len, hist_end, num_contextual, window, HAS_CONTEXT:
 
 @triton.jit
 def _fwd_tile(acc, q, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
-              seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
+              seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, pos_center,
               num_contextual, window, offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
               BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr,
               HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr,
               PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr):
-    """Add one key tile's contribution ``SiLU(S) / n @ V`` to ``acc``; unmasked tiles skip every check."""
+    """Add one key tile's contribution ``SiLU(S) @ V`` to ``acc`` (the caller divides by ``n`` once).
+
+    Unmasked tiles skip every check.
+    """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     rows = (seq_start + offs_n).to(tl.int64)
     k, v = _load_kv_tile(K, V, rows, offs_n < seq_len, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK, D_V,
@@ -199,7 +202,7 @@ def _fwd_tile(acc, q, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
     if HAS_TIME:
         ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,)
         s += _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)[0]
-    a = s * _sigmoid(s, FAST) * inv_scale
+    a = s * _sigmoid(s, FAST)
     if MASKED:
         ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
                       HAS_CONTEXT, HAS_WINDOW)
@@ -289,21 +292,21 @@ def _hstu_fwd_kernel(
                                                          HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(full_lo, full_hi, BLOCK_N):
         acc = _fwd_tile(acc, q, Kh, Vh, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
-                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
+                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, pos_center,
                         num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
                         BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST,
                         PREC, UPCAST, FAST_LOG)
     for t in range(0, _masked_key_count(ctx_hi, lo, full_lo, mid, hi, BLOCK_N)):
         start_n = _masked_key_start(t, ctx_hi, lo, full_lo, mid, BLOCK_N)
         acc = _fwd_tile(acc, q, Kh, Vh, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
-                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, inv_scale, pos_center,
+                        seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, pos_center,
                         num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
                         BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST,
                         PREC, UPCAST, FAST_LOG)
 
     o_ptrs = Out + h * stride_oh + q_rows[:, None] * stride_on + offs_dv[None, :]
     o_mask = (offs_m[:, None] < seq_len) & (offs_dv[None, :] < D_V)
-    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=o_mask)
+    tl.store(o_ptrs, (acc * inv_scale).to(Out.dtype.element_ty), mask=o_mask)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -385,9 +388,9 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, DQDesc, dq_col, NextTs, origin, ts_f, Pos
     s = _scores_t(k, q, PosE, TimeBias, next_f, ts_f, offs_m, start_n, alpha, pos_center, HAS_POS, HAS_TIME,
                   PREC, UPCAST, FAST_LOG, BLOCK_N)
     sig = _sigmoid(s, FAST)
-    a = s * sig * inv_scale
+    a = s * sig  # the 1 / n of A and dS is applied once to dK, dV and each dQ tile
     da = _dot(v, tl.trans(do), PREC, UPCAST)  # (BLOCK_N, BLOCK_M) = dA^T
-    ds = da * sig * (1.0 + s * (1.0 - sig)) * inv_scale
+    ds = da * sig * (1.0 + s * (1.0 - sig))
     if MASKED:
         ok = _allowed(offs_m[None, :], offs_n[:, None], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
                       HAS_CONTEXT, HAS_WINDOW)
@@ -396,7 +399,7 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, DQDesc, dq_col, NextTs, origin, ts_f, Pos
     dv += _dot(a.to(do.dtype), do, PREC, UPCAST)
     ds_lp = ds.to(q.dtype)
     dk += _dot(ds_lp, q, PREC, UPCAST)
-    dq = _dot(tl.trans(ds_lp), k, PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_DQK)
+    dq = _dot(tl.trans(ds_lp), k, PREC, UPCAST) * (alpha * inv_scale)  # (BLOCK_M, BLOCK_DQK)
     if DQ_TMA:
         DQDesc.atomic_add([(seq_start + start_m).to(tl.int32), dq_col], dq)
     else:
@@ -474,9 +477,9 @@ def _hstu_bwd_kernel(
 
     key_ok = offs_n[:, None] < seq_len
     tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
-             (dk * alpha).to(DK.dtype.element_ty), mask=key_ok & (offs_dqk[None, :] < D_QK))
+             (dk * (alpha * inv_scale)).to(DK.dtype.element_ty), mask=key_ok & (offs_dqk[None, :] < D_QK))
     tl.store(DV + h * stride_dvh + k_rows[:, None] * stride_dvn + offs_dv[None, :],
-             dv.to(DV.dtype.element_ty), mask=key_ok & (offs_dv[None, :] < D_V))
+             (dv * inv_scale).to(DV.dtype.element_ty), mask=key_ok & (offs_dv[None, :] < D_V))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -187,6 +187,7 @@ def bench(fn, leaves):
 
 
 def main():
+    global D  # --head-dim: the timed shapes' head width, read by make_batch's callers and call_kwargs
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="attention_h100.json")
     parser.add_argument("--shapes", default=",".join(f"{b}x{n}" for b, n in SHAPES))
@@ -195,6 +196,9 @@ def main():
     parser.add_argument("--check-dtypes", default="bfloat16,float32",
                         help="dtypes of the correctness check (fp32's IEEE dots compile for minutes)")
     parser.add_argument("--check-batches", type=int, default=1, help="fresh random batches per checked dtype")
+    parser.add_argument("--head-dim", type=int, default=D, help="d_qk = d_v of the timed shapes")
+    parser.add_argument("--check-seed", type=int, default=None,
+                        help="seed of the first checked batch (default: from the clock, a fresh batch per run)")
     parser.add_argument("--no-extra", action="store_true", help=f"skip {', '.join(EXTRA_VARIANTS)}")
     parser.add_argument("--variants", default=None,
                         help="comma-separated variants to measure at every shape (default: the issue's list, "
@@ -203,6 +207,7 @@ def main():
                         help="how the backward adds dQ tiles: TMA bulk reductions (Hopper) or one atomic per "
                              "element (default: the library's choice, tma with a bias table)")
     args = parser.parse_args()
+    D = args.head_dim
     if args.dq_atomics is not None:
         hstu_mod._DQ_TMA = args.dq_atomics == "tma"
     if set(args.check_dtypes.split(",")) - {"bfloat16", "float32"}:
@@ -234,7 +239,7 @@ def main():
         tols = {"bfloat16": 1e-2, "float32": 1e-4}
         for dtype, tol in ((getattr(torch, name), tols[name]) for name in args.check_dtypes.split(",")):
             for attempt in range(args.check_batches):
-                seed = int(time.time()) % 100000 + attempt
+                seed = (int(time.time()) % 100000 if args.check_seed is None else args.check_seed) + attempt
                 ok, errs = check(dtype, "all", tol, seed)
                 result["checks"][f"{str(dtype)[6:]}/all/seed{seed}"] = dict(ok=ok, tol=tol, rel_err=errs)
                 shown = {k: f"{e:.1e}" for k, e in errs.items()}

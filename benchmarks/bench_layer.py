@@ -19,6 +19,7 @@ import argparse
 import datetime
 import itertools
 import json
+import sys
 import time
 
 import torch
@@ -28,7 +29,10 @@ from triton.testing import do_bench
 
 from gr_lightning.callbacks import backbone_flops
 from gr_lightning.ops.pytorch.hstu_attention import attention_flops
+from gr_lightning.ops.triton import hstu_attention as _  # noqa: F401 (loads the kernels' module)
 from gr_lightning.zoo.hstu import HSTU
+
+hstu_kernels = sys.modules["gr_lightning.ops.triton.hstu_attention"]
 
 DIM, HEADS, HEAD_DIM, BATCH = 1024, 4, 256, 32
 
@@ -98,6 +102,11 @@ def measure(n: int, kernel: str, device: str, bias: str, profile_steps: int = 0)
         record["skipped"] = "OOM"
         return record
     record.update(fwd_bwd_ms=ms, fwd_bwd_tflops=flops / ms * 1e-9)
+    if kernel == "triton":
+        tuned = {"fwd": hstu_kernels._fwd_tuned, "bwd": hstu_kernels._bwd_tuned,
+                 "bias_grad": hstu_kernels._bias_bwd_tuned}
+        record["attention_configs"] = {k: str(t.best_config) for k, t in tuned.items()
+                                       if getattr(t, "best_config", None) is not None}
     if profile_steps:
         record["profile"] = _profile(fwd_bwd, leaves, profile_steps)
     return record

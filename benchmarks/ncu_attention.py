@@ -19,9 +19,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="bias", help="a bench_attention.py variant of ours")
     parser.add_argument("--shape", default="32x4096", help="BxN")
+    parser.add_argument("--head-dim", type=int, default=D, help="d_qk = d_v")
     args = parser.parse_args()
     batch, n = (int(x) for x in args.shape.split("x"))
-    b = make_batch(batch, n, H, D, D, torch.bfloat16, seed=0, targets=16)
+    b = make_batch(batch, n, H, args.head_dim, args.head_dim, torch.bfloat16, seed=0, targets=16)
     _, fwd_bwd, leaves = ours_fns(b, n, args.variant)
     for _ in range(2):  # compile and tune outside the profiled range
         fwd_bwd()

@@ -696,7 +696,7 @@ def _dq_block_hook(nargs: dict) -> None:
 _BWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_dq_block_hook)
     for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 128, 8, 4), (128, 64, 8, 2), (64, 64, 4, 2),
-                         (128, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2)]
+                         (128, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2), (32, 32, 4, 2)]
 ]
 _BIAS_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)

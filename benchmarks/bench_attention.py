@@ -87,8 +87,12 @@ def rel_err(x, ref):
     return float((x.detach().double() - ref.detach()).norm() / ref.detach().norm())
 
 
-def check(dtype, variant, tol, seed):
-    """Compare output and every gradient with the float64 reference on a small fresh batch."""
+def check(dtype, variant, tol, seed, tuned_split=False):
+    """Compare output and every gradient with the float64 reference on a small fresh batch.
+
+    ``tuned_split``: the tuner's configurations (first call, tuning included) and the two-pass backward of
+    wide heads, instead of one fixed configuration and the fused backward.
+    """
     n = 300
     b = make_batch(4, n, 2, 64, 48, dtype, seed=seed, targets=7)
     kw = call_kwargs(b, n, variant)
@@ -99,13 +103,15 @@ def check(dtype, variant, tol, seed):
     kw_r = {**kw, **{x: refs[x] for x in names if x in kw}}
     # one fixed tile config: the check is about correctness, and tuning every config for every dtype and
     # mask combination would take minutes of compilation
-    saved, hstu_mod._FIXED_CONFIG = hstu_mod._FIXED_CONFIG, {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4,
-                                                             "num_stages": 2}
+    fixed = None if tuned_split else {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    saved = hstu_mod._FIXED_CONFIG, hstu_mod._SPLIT_BWD_ABOVE
+    hstu_mod._FIXED_CONFIG = fixed
+    hstu_mod._SPLIT_BWD_ABOVE = 0 if tuned_split else saved[1]
     try:
         out = hstu_attention(ours["q"], ours["k"], ours["v"], b["offsets"], b["max_len"], **kw_o)
         out.backward(b["dout"])
     finally:
-        hstu_mod._FIXED_CONFIG = saved
+        hstu_mod._FIXED_CONFIG, hstu_mod._SPLIT_BWD_ABOVE = saved
     ref = ref_attention(refs["q"], refs["k"], refs["v"], b["offsets"], b["max_len"], **kw_r)
     ref.backward(b["dout"].double())
     errs = {"out": rel_err(out, ref)}
@@ -197,6 +203,8 @@ def main():
                         help="dtypes of the correctness check (fp32's IEEE dots compile for minutes)")
     parser.add_argument("--check-batches", type=int, default=1, help="fresh random batches per checked dtype")
     parser.add_argument("--head-dim", type=int, default=D, help="d_qk = d_v of the timed shapes")
+    parser.add_argument("--check-tuned-split", action="store_true",
+                        help="also check bf16 with the tuner's configurations and the two-pass backward")
     parser.add_argument("--check-seed", type=int, default=None,
                         help="seed of the first checked batch (default: from the clock, a fresh batch per run)")
     parser.add_argument("--no-extra", action="store_true", help=f"skip {', '.join(EXTRA_VARIANTS)}")
@@ -244,6 +252,12 @@ def main():
                 result["checks"][f"{str(dtype)[6:]}/all/seed{seed}"] = dict(ok=ok, tol=tol, rel_err=errs)
                 shown = {k: f"{e:.1e}" for k, e in errs.items()}
                 print("check", dtype, "all", f"seed {seed}", "OK" if ok else "FAIL", shown, flush=True)
+        if args.check_tuned_split:
+            seed = int(time.time()) % 100000 if args.check_seed is None else args.check_seed
+            ok, errs = check(torch.bfloat16, "all", tols["bfloat16"], seed, tuned_split=True)
+            result["checks"][f"bfloat16/all/tuned-split/seed{seed}"] = dict(ok=ok, tol=tols["bfloat16"], rel_err=errs)
+            print("check bf16 all tuned+split", f"seed {seed}", "OK" if ok else "FAIL",
+                  {k: f"{e:.1e}" for k, e in errs.items()}, flush=True)
         hstu_mod._FIXED_CONFIG = None
         save()
         if not all(c["ok"] for c in result["checks"].values()):

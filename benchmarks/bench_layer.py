@@ -103,7 +103,7 @@ def measure(n: int, kernel: str, device: str, bias: str, profile_steps: int = 0)
         return record
     record.update(fwd_bwd_ms=ms, fwd_bwd_tflops=flops / ms * 1e-9)
     if kernel == "triton":
-        tuned = {"fwd": hstu_kernels._fwd_tuned, "bwd": hstu_kernels._bwd_tuned,
+        tuned = {"fwd": hstu_kernels._fwd_tuned, "bwd": hstu_kernels._bwd_tuned, "dq": hstu_kernels._dq_tuned,
                  "bias_grad": hstu_kernels._bias_bwd_tuned}
         record["attention_configs"] = {k: str(t.best_config) for k, t in tuned.items()
                                        if getattr(t, "best_config", None) is not None}

@@ -6,7 +6,8 @@ tile's contribution is final once it is added. Fully masked tiles are never visi
 triangle; with a window: the band plus the contextual columns and the candidate rows).
 
 The backward recomputes ``S = alpha * Q K^T + bias`` per tile and iterates over query tiles for a fixed
-key tile (accumulating dK, dV in registers; dQ by fp32 atomics). The bias-table gradients come from a
+key tile (accumulating dK, dV in registers; dQ by fp32 atomics). Wide heads (d = 256) split it into a
+dV pass, a dK pass and a dQ pass over query tiles, each holding one accumulator. The bias-table gradients come from a
 second kernel that sums ``dS`` over heads per (query tile, key tile), walking the tiles of one diagonal
 (``start_m - start_n`` fixed) per program: the temporal gradient is reduced per tile, the positional one
 summed in registers and reduced once per diagonal. This keeps those reductions' registers out of the
@@ -371,11 +372,13 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, DQDesc, dq_col, NextTs, origin, ts_f, Pos
               D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr,
               HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-              FAST: tl.constexpr, FAST_LOG: tl.constexpr, DQ_TMA: tl.constexpr, BLOCK_N: tl.constexpr):
+              FAST: tl.constexpr, FAST_LOG: tl.constexpr, DQ_TMA: tl.constexpr, WITH_DK: tl.constexpr,
+              WITH_DV: tl.constexpr, WITH_DQ: tl.constexpr, BLOCK_N: tl.constexpr):
     """One query tile against the program's key tile, in the transposed orientation ``(BLOCK_N, BLOCK_M)``.
 
-    dQ goes out by atomics: with DQ_TMA one bulk tensor reduction of the whole tile (its rows past the
-    sequence are zero, so they may land on the next sequence's rows), else one atomic per element.
+    WITH_DV adds to dV, WITH_DK to dK; WITH_DQ (with WITH_DK) sends this tile's dQ out by atomics: with
+    DQ_TMA one bulk tensor reduction of the whole tile (its rows past the sequence are zero, so they may
+    land on the next sequence's rows), else one atomic per element.
     """
     offs_m = start_m + tl.arange(0, BLOCK_M)
     row_ok = offs_m < seq_len
@@ -388,23 +391,29 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, DQDesc, dq_col, NextTs, origin, ts_f, Pos
     s = _scores_t(k, q, PosE, TimeBias, next_f, ts_f, offs_m, start_n, alpha, pos_center, HAS_POS, HAS_TIME,
                   PREC, UPCAST, FAST_LOG, BLOCK_N)
     sig = _sigmoid(s, FAST)
-    a = s * sig  # the 1 / n of A and dS is applied once to dK, dV and each dQ tile
-    da = _dot(v, tl.trans(do), PREC, UPCAST)  # (BLOCK_N, BLOCK_M) = dA^T
-    ds = da * sig * (1.0 + s * (1.0 - sig))
     if MASKED:
         ok = _allowed(offs_m[None, :], offs_n[:, None], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
                       HAS_CONTEXT, HAS_WINDOW)
-        a = tl.where(ok, a, 0.0)
-        ds = tl.where(ok, ds, 0.0)
-    dv += _dot(a.to(do.dtype), do, PREC, UPCAST)
-    ds_lp = ds.to(q.dtype)
-    dk += _dot(ds_lp, q, PREC, UPCAST)
-    dq = _dot(tl.trans(ds_lp), k, PREC, UPCAST) * (alpha * inv_scale)  # (BLOCK_M, BLOCK_DQK)
-    if DQ_TMA:
-        DQDesc.atomic_add([(seq_start + start_m).to(tl.int32), dq_col], dq)
-    else:
-        tl.atomic_add(DQ + rows[:, None] * stride_dqn + offs_dqk[None, :], dq,
-                      mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), sem="relaxed")
+    # The 1 / n of A and dS is applied once to dK, dV and each dQ tile.
+    if WITH_DV:
+        a = s * sig
+        if MASKED:
+            a = tl.where(ok, a, 0.0)
+        dv += _dot(a.to(do.dtype), do, PREC, UPCAST)
+    if WITH_DK:
+        da = _dot(v, tl.trans(do), PREC, UPCAST)  # (BLOCK_N, BLOCK_M) = dA^T
+        ds = da * sig * (1.0 + s * (1.0 - sig))
+        if MASKED:
+            ds = tl.where(ok, ds, 0.0)
+        ds_lp = ds.to(q.dtype)
+        dk += _dot(ds_lp, q, PREC, UPCAST)
+        if WITH_DQ:
+            dq = _dot(tl.trans(ds_lp), k, PREC, UPCAST) * (alpha * inv_scale)  # (BLOCK_M, BLOCK_DQK)
+            if DQ_TMA:
+                DQDesc.atomic_add([(seq_start + start_m).to(tl.int32), dq_col], dq)
+            else:
+                tl.atomic_add(DQ + rows[:, None] * stride_dqn + offs_dqk[None, :], dq,
+                              mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), sem="relaxed")
     return dk, dv
 
 
@@ -417,8 +426,8 @@ def _hstu_bwd_kernel(
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    FAST: tl.constexpr, FAST_LOG: tl.constexpr, DQ_TMA: tl.constexpr, TILE_MAJOR: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    FAST: tl.constexpr, FAST_LOG: tl.constexpr, DQ_TMA: tl.constexpr, WITH_DK: tl.constexpr,
+    WITH_DV: tl.constexpr, WITH_DQ: tl.constexpr, TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     # Key tile n sees ~(N - n) query tiles: natural order is longest first.
@@ -462,7 +471,8 @@ def _hstu_bwd_kernel(
                            offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
                            stride_dqn, alpha, inv_scale, pos_center, num_contextual, window, offs_dqk, offs_dv,
                            D_QK, D_V, BLOCK_M, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                           HAS_TIME, PREC, UPCAST, FAST, FAST_LOG, DQ_TMA, BLOCK_N)
+                           HAS_TIME, PREC, UPCAST, FAST, FAST_LOG, DQ_TMA, WITH_DK, WITH_DV,
+                           WITH_DQ, BLOCK_N)
     # The masked ranges in one loop, so that this large tile body is compiled twice, not four times.
     n_ctx = tl.cdiv(ctx_hi, BLOCK_M)
     n_diag = tl.cdiv(m_diag - m_lo, BLOCK_M)
@@ -473,13 +483,104 @@ def _hstu_bwd_kernel(
                            offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
                            stride_dqn, alpha, inv_scale, pos_center, num_contextual, window, offs_dqk, offs_dv,
                            D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                           HAS_TIME, PREC, UPCAST, FAST, FAST_LOG, DQ_TMA, BLOCK_N)
+                           HAS_TIME, PREC, UPCAST, FAST, FAST_LOG, DQ_TMA, WITH_DK, WITH_DV,
+                           WITH_DQ, BLOCK_N)
 
     key_ok = offs_n[:, None] < seq_len
-    tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
-             (dk * (alpha * inv_scale)).to(DK.dtype.element_ty), mask=key_ok & (offs_dqk[None, :] < D_QK))
-    tl.store(DV + h * stride_dvh + k_rows[:, None] * stride_dvn + offs_dv[None, :],
-             (dv * inv_scale).to(DV.dtype.element_ty), mask=key_ok & (offs_dv[None, :] < D_V))
+    if WITH_DK:
+        tl.store(DK + h * stride_dkh + k_rows[:, None] * stride_dkn + offs_dqk[None, :],
+                 (dk * (alpha * inv_scale)).to(DK.dtype.element_ty), mask=key_ok & (offs_dqk[None, :] < D_QK))
+    if WITH_DV:
+        tl.store(DV + h * stride_dvh + k_rows[:, None] * stride_dvn + offs_dv[None, :],
+                 (dv * inv_scale).to(DV.dtype.element_ty), mask=key_ok & (offs_dv[None, :] < D_V))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backward of q alone (wide heads): one program per (sequence, head, query tile), dQ in registers
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dq_tile(dq, q, do, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n, seq_start, seq_len, hist_end,
+             stride_kn, stride_vn, alpha, pos_center, num_contextual, window, offs_dqk, offs_dv,
+             D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr,
+             HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+             FAST: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr):
+    """Add one key tile's ``dS @ K`` to ``dq`` (the caller applies ``alpha / n`` once)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    rows = (seq_start + offs_n).to(tl.int64)
+    k, v = _load_kv_tile(K, V, rows, offs_n < seq_len, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK, D_V,
+                         BLOCK_DQK, BLOCK_DV, MASKED)
+    s = _dot(q, tl.trans(k), PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_N)
+    if HAS_POS:
+        s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
+    if HAS_TIME:
+        ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,)
+        s += _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)[0]
+    sig = _sigmoid(s, FAST)
+    da = _dot(do, tl.trans(v), PREC, UPCAST)  # (BLOCK_M, BLOCK_N) = dA
+    ds = da * sig * (1.0 + s * (1.0 - sig))
+    if MASKED:
+        ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
+                      HAS_CONTEXT, HAS_WINDOW)
+        ds = tl.where(ok, ds, 0.0)
+    dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
+    return dq
+
+
+@triton.jit
+def _hstu_dq_kernel(
+    Q, K, V, DO, DQ, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs,
+    stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
+    stride_dqn, stride_dqh, alpha, inv_scale, pos_center, num_contextual, window, time_rows, H, MAX_LEN_BUCKET,
+    D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
+    UPCAST: tl.constexpr, FAST_LOG: tl.constexpr,
+    TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # The forward's walk over key tiles (same order and masks), with dS @ K in place of A @ V: no atomics.
+    if TILE_MAJOR:
+        pid_bh = tl.program_id(1)
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_bh = tl.program_id(0)
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    h = pid_bh % H
+    seq_start, seq_len, hist_end = _sequence(Offsets, NumTargets, pid_bh // H, HAS_TARGETS)
+    start_m = pid_m * BLOCK_M
+    if start_m >= seq_len:
+        return
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    origin = _time_origin(Ts, seq_start, start_m, HAS_TIME)
+    next_f = _rel_times(NextTs, seq_start, offs_m, seq_len, origin, HAS_TIME)  # (BLOCK_M,) request times
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_rows = (seq_start + offs_m).to(tl.int64)
+    row_ok = offs_m[:, None] < seq_len
+    q = tl.load(Q + h * stride_qh + q_rows[:, None] * stride_qn + offs_dqk[None, :],
+                mask=row_ok & (offs_dqk[None, :] < D_QK), other=0.0)
+    do = tl.load(DO + h * stride_doh + q_rows[:, None] * stride_don + offs_dv[None, :],
+                 mask=row_ok & (offs_dv[None, :] < D_V), other=0.0)
+    Kh = K + h * stride_kh
+    Vh = V + h * stride_vh
+    dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
+    ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
+                                                         HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
+    for start_n in range(full_lo, full_hi, BLOCK_N):
+        dq = _dq_tile(dq, q, do, Kh, Vh, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n, seq_start, seq_len,
+                      hist_end, stride_kn, stride_vn, alpha, pos_center, num_contextual, window, offs_dqk, offs_dv,
+                      D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT,
+                      HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, FAST_LOG)
+    for t in range(0, _masked_key_count(ctx_hi, lo, full_lo, mid, hi, BLOCK_N)):
+        start_n = _masked_key_start(t, ctx_hi, lo, full_lo, mid, BLOCK_N)
+        dq = _dq_tile(dq, q, do, Kh, Vh, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n, seq_start, seq_len,
+                      hist_end, stride_kn, stride_vn, alpha, pos_center, num_contextual, window, offs_dqk, offs_dv,
+                      D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT,
+                      HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, FAST_LOG)
+    tl.store(DQ + h * stride_dqh + q_rows[:, None] * stride_dqn + offs_dqk[None, :],
+             (dq * (alpha * inv_scale)).to(DQ.dtype.element_ty), mask=row_ok & (offs_dqk[None, :] < D_QK))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -698,6 +799,11 @@ _BWD_CONFIGS = [
     for bm, bn, w, s in [(64, 128, 8, 2), (64, 128, 8, 3), (64, 128, 8, 4), (128, 64, 8, 2), (64, 64, 4, 2),
                          (128, 128, 8, 2), (32, 64, 4, 2), (64, 64, 8, 1), (64, 64, 8, 2), (32, 32, 4, 2)]
 ]
+_DQ_CONFIGS = [
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    for bm, bn, w, s in [(64, 64, 8, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 8, 1), (64, 32, 4, 2),
+                         (32, 32, 4, 2)]
+]
 _BIAS_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
     for bm, bn, w, s in [(128, 64, 8, 2), (64, 128, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2),
@@ -718,6 +824,14 @@ _TILE_MAJOR = True
 #: faster with both tables and 4% slower without a bias (``attention_h100_bias_dq_*.json``,
 #: ``attention_h100_dq_*.json``).
 _DQ_TMA: bool | None = None
+
+#: The q, k, v backward runs as three passes, each with one accumulator in registers (dV and dK per key
+#: tile, dQ per query tile: ``_hstu_dq_kernel``, no atomics), when ``BLOCK_DQK + BLOCK_DV`` exceeds this.
+#: At d = 256 the fused kernel's dK and dV accumulators (64 fp32 registers per thread each, at 64 keys
+#: and 8 warps) plus a dQ tile overflow the register file and spill (ncu,
+#: ``ncu_bwd_d256_h100_details.csv``). The passes recompute ``S`` and ``dA`` (8 GEMMs per tile, not 5).
+#: (dK and dV in one pass without the dQ tile measured 13% slower at 32x2048: ``*_kv_passes_1.json``.)
+_SPLIT_BWD_ABOVE = 256
 
 #: CUDA's limit on grid axes 1 and 2.
 _MAX_GRID_Y = 65535
@@ -742,6 +856,8 @@ def _smem_estimate(config: triton.Config, d_qk: int, d_v: int, elem: int, kernel
         return (bn * (d_qk + d_v) + buffers * bm * (d_qk + d_v)) * elem
     if kernel == "bias":  # Q, dO, K and V tiles streamed one head after another: num_stages buffers of each
         return max(config.num_stages, 1) * (bm + bn) * (d_qk + d_v) * elem
+    if kernel == "dq":  # resident Q, dO tiles; streamed K, V tiles
+        return (bm * (d_qk + d_v) + buffers * bn * (d_qk + d_v)) * elem
     return (bm * d_qk + buffers * bn * (d_qk + d_v)) * elem  # resident Q tile; streamed K, V tiles
 
 
@@ -750,7 +866,7 @@ def _prune(configs: list, named_args: dict, kernel: str, **kwargs) -> list:
 
     Short buckets get tiles of at most 64 rows and columns, long ones at least 64; for wide heads
     (d = 256) only the configurations within ``_SMEM_BUDGET`` stay (the smallest one if none fits).
-    ``kernel`` is ``fwd``, ``bwd`` or ``bias`` (see ``_smem_estimate``).
+    ``kernel`` is ``fwd``, ``bwd``, ``dq`` or ``bias`` (see ``_smem_estimate``).
     """
     short = named_args["MAX_LEN_BUCKET"] <= _SHORT_BUCKET
     shaped = [c for c in configs if (max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64 if short
@@ -773,9 +889,11 @@ _KEY = ["MAX_LEN_BUCKET", "D_QK", "D_V", "HAS_TARGETS", "HAS_CONTEXT", "HAS_WIND
 _fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY,
                              prune_configs_by={"early_config_prune": partial(_prune, kernel="fwd")}
                              )(_hstu_fwd_kernel)
-_bwd_tuned = triton.autotune(configs=_BWD_CONFIGS, key=_KEY,
+_bwd_tuned = triton.autotune(configs=_BWD_CONFIGS, key=[*_KEY, "WITH_DK", "WITH_DV", "WITH_DQ"],
                              prune_configs_by={"early_config_prune": partial(_prune, kernel="bwd")},
                              reset_to_zero=["DQ"])(_hstu_bwd_kernel)
+_dq_tuned = triton.autotune(configs=_DQ_CONFIGS, key=_KEY,
+                            prune_configs_by={"early_config_prune": partial(_prune, kernel="dq")})(_hstu_dq_kernel)
 _bias_bwd_tuned = triton.autotune(configs=_BIAS_CONFIGS, key=[*_KEY, "GRAD_POS", "GRAD_TIME"],
                                   prune_configs_by={"early_config_prune": partial(_prune, kernel="bias")},
                                   reset_to_zero=["DPos", "DTime"])(_hstu_bias_bwd_kernel)
@@ -921,7 +1039,10 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
 def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_contextual, window,
               pos_exp, time_table, timestamps, next_ts, grad_pos: bool, grad_time: bool):
     total, num_heads = q.shape[:2]
-    dq32 = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # (sum_N, H, d_qk), atomics
+    meta = _meta(q, v, _flags(num_targets, num_contextual, window, pos_exp, time_table))
+    split = meta["BLOCK_DQK"] + meta["BLOCK_DV"] > _SPLIT_BWD_ABOVE  # see _SPLIT_BWD_ABOVE
+    # (sum_N, H, d_qk): written once by the dQ pass, or accumulated in fp32 by atomics
+    dq = _alloc(q) if split else torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     dk = _alloc(k)  # (sum_N, H, d_qk)
     dv = _alloc(v)  # (sum_N, H, d_v)
     slots = 1 if _interpreting() else _GRAD_SLOTS
@@ -932,30 +1053,40 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         tables = _tables(offsets, num_targets, pos_exp, time_table, timestamps, next_ts)
         scalars = _scalars(alpha, scale_len, max_len)
         shape = _shape_args(num_contextual, window, time_table, num_heads, max_len)
-        meta = _meta(q, v, _flags(num_targets, num_contextual, window, pos_exp, time_table))
         in_strides = [q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                       do.stride(0), do.stride(1)]
-        dq_tma = _dq_tma(dq32, meta)
-        dq_desc = dq_tma and TensorDescriptor(dq32, [total, num_heads * meta["D_QK"]], [dq32.stride(0), 1],
+        dq_tma = not split and _dq_tma(dq, meta)
+        dq_desc = dq_tma and TensorDescriptor(dq, [total, num_heads * meta["D_QK"]], [dq.stride(0), 1],
                                               [_INTERPRET_BWD_BLOCKS[0], meta["BLOCK_DQK"]])
-        args = [q, k, v, do, dq32, dq_desc or dq32, dk, dv, *tables, *in_strides, dq32.stride(0), dq32.stride(1),
+        args = [q, k, v, do, dq, dq_desc or dq, dk, dv, *tables, *in_strides, dq.stride(0), dq.stride(1),
                 dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), *scalars, *shape]
         tile_major = _tile_major(batch * num_heads)
         grid = partial(_grid, batch * num_heads, max_len, "BLOCK_N", tile_major)
-        _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args,
-                meta | {"TILE_MAJOR": tile_major, "DQ_TMA": dq_tma})
+        bwd_meta = meta | {"TILE_MAJOR": tile_major, "DQ_TMA": dq_tma}
+        if split:
+            for part in ({"WITH_DK": False, "WITH_DV": True}, {"WITH_DK": True, "WITH_DV": False}):
+                _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args,
+                        bwd_meta | part | {"WITH_DQ": False})
+            dq_args = [q, k, v, do, dq, *tables, *in_strides, dq.stride(0), dq.stride(1), *scalars, *shape]
+            _launch(_hstu_dq_kernel, _dq_tuned, _INTERPRET_FWD_BLOCKS,
+                    partial(_grid, batch * num_heads, max_len, "BLOCK_M", tile_major), dq_args,
+                    meta | {"TILE_MAJOR": tile_major})
+        else:
+            _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args,
+                    bwd_meta | {"WITH_DK": True, "WITH_DV": True, "WITH_DQ": True})
         if grad_pos or grad_time:
-            args = [q, k, v, do, *tables, dpos if dpos is not None else dq32, dtime if dtime is not None else dq32,
+            args = [q, k, v, do, *tables, dpos if dpos is not None else dq, dtime if dtime is not None else dq,
                     *in_strides, *scalars, int(scale_len), *shape]
             grid = partial(_diagonal_grid, batch, max_len, meta["HAS_CONTEXT"])
             _launch(_hstu_bias_bwd_kernel, _bias_bwd_tuned, _INTERPRET_BIAS_BLOCKS, grid, args,
                     meta | {"GRAD_POS": grad_pos, "GRAD_TIME": grad_time, "GRAD_SLOTS": slots})
     else:
+        dq.zero_()
         dk.zero_()
         dv.zero_()
     dpos = dpos.sum(0) if dpos is not None else None  # (2n - 1,)
     dtime = dtime.sum(0) if dtime is not None else None  # (time_rows,): the lookup table's gradient
-    return dq32.to(q.dtype), dk, dv, dpos, dtime
+    return dq.to(q.dtype), dk, dv, dpos, dtime
 
 
 class _HSTUAttention(torch.autograd.Function):

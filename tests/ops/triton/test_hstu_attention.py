@@ -228,12 +228,13 @@ def test_temporal_bias_with_huge_gaps(dtype):
     _run_both(case)
 
 
-@pytest.mark.parametrize("kernel", ["fwd", "bwd", "bias"])
+@pytest.mark.parametrize("kernel", ["fwd", "bwd", "dq", "bias"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("bucket", [128, 4096])
 def test_tuner_candidates_fit_in_shared_memory(kernel, head_dim, bucket):
     """Every configuration left to the tuner fits its tiles in shared memory and suits the length bucket."""
-    configs = {"fwd": triton_mod._FWD_CONFIGS, "bwd": triton_mod._BWD_CONFIGS, "bias": triton_mod._BIAS_CONFIGS}
+    configs = {"fwd": triton_mod._FWD_CONFIGS, "bwd": triton_mod._BWD_CONFIGS, "dq": triton_mod._DQ_CONFIGS,
+               "bias": triton_mod._BIAS_CONFIGS}
     kept = triton_mod._prune(configs[kernel], {"MAX_LEN_BUCKET": bucket, "Q": torch.empty(1, dtype=torch.bfloat16)},
                              kernel, BLOCK_DQK=head_dim, BLOCK_DV=head_dim)
     assert kept
@@ -244,3 +245,11 @@ def test_tuner_candidates_fit_in_shared_memory(kernel, head_dim, bucket):
     if kernel == "bias":  # one buffer depth per tile shape: the deepest that fits
         shapes = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) for c in kept]
         assert len(shapes) == len(set(shapes))
+
+
+@pytest.mark.parametrize("query_blocks", [(16, 16), (32, 16)])
+def test_backward_split_for_wide_heads(query_blocks, monkeypatch):
+    """Wide heads run the q, k, v backward as a dV, a dK and a dQ pass; each must cover every tile."""
+    monkeypatch.setattr(triton_mod, "_SPLIT_BWD_ABOVE", 0)
+    monkeypatch.setattr(triton_mod, "_INTERPRET_FWD_BLOCKS", query_blocks)
+    _run_both(_case(19, [20, 13, 1], targets=[3, 2, 0], pos=True, time=True), num_contextual=2, window=6)

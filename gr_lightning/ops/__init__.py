@@ -80,6 +80,15 @@ def norm_mul_dropout(attn: Tensor, u: Tensor, eps: float, dropout: float, traini
     return F.dropout(y, p=dropout, training=training)
 
 
+def silu_split(x: Tensor, sizes: list[int], kernel: str = "pytorch") -> tuple[Tensor, ...]:
+    """``SiLU(x)`` split into column blocks of ``sizes`` (Eq. 1's ``U, V, Q, K``); triton fuses the backward."""
+    if resolve_kernel(kernel, x.device) == "triton":
+        from gr_lightning.ops.triton import silu_split as triton_silu_split
+
+        return triton_silu_split(x, sizes)
+    return F.silu(x).split(sizes, dim=-1)
+
+
 __all__ = [
     "HAS_FBGEMM",
     "KERNELS",
@@ -91,4 +100,5 @@ __all__ = [
     "padded_to_jagged",
     "resolve_kernel",
     "seq_index",
+    "silu_split",
 ]

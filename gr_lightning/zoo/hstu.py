@@ -139,8 +139,8 @@ class HSTUBlock(nn.Module):
         """Eq. 1: ``U, Q, K, V`` of jagged ``x``, the last three split into heads."""
         H, d_qk, d_v = self.num_heads, self.attention_dim, self.linear_dim
         normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
-        uvqk = F.silu(self.uvqk(normed))  # (sum_N, H * (2 d_v + 2 d_qk))
-        u, v, q, k = uvqk.split([H * d_v, H * d_v, H * d_qk, H * d_qk], dim=-1)
+        # SiLU of (sum_N, H * (2 d_v + 2 d_qk)), split into U, V, Q, K
+        u, v, q, k = ops.silu_split(self.uvqk(normed), [H * d_v, H * d_v, H * d_qk, H * d_qk], kernel=self.kernel)
         q = q.reshape(-1, H, d_qk)  # (sum_N, H, d_qk)
         k = k.reshape(-1, H, d_qk)  # (sum_N, H, d_qk)
         v = v.reshape(-1, H, d_v)  # (sum_N, H, d_v)

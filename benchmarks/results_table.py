@@ -85,17 +85,19 @@ def _seed_rows(path: Path, data: dict) -> list[str]:
 
 def _attention_rows(path: Path) -> list[str]:
     data = json.loads(path.read_text())
+    d = data.get("d_qk", 128)
     rows = []
     for shape in data.get("shapes", []):
         if "variants" not in shape:
-            rows.append(f"| {shape['shape']} | all | {shape.get('skipped', 'not run')} | | | | `{path.name}` |")
+            rows.append(f"| {shape['shape']} | {d} | all | {shape.get('skipped', 'not run')} | | | | `{path.name}` |")
             continue
         for variant, m in shape["variants"].items():
             if "fwd_ms" not in m:
-                rows.append(f"| {shape['shape']} | {variant} | {m.get('skipped', 'not run')} | | | | `{path.name}` |")
+                rows.append(f"| {shape['shape']} | {d} | {variant} | {m.get('skipped', 'not run')} | | | | "
+                            f"`{path.name}` |")
                 continue
             rows.append(
-                f"| {shape['shape']} | {variant} | {m['fwd_ms']:.3f} | {m['fwd_tflops']:.0f} | "
+                f"| {shape['shape']} | {d} | {variant} | {m['fwd_ms']:.3f} | {m['fwd_tflops']:.0f} | "
                 f"{m['fwd_bwd_ms']:.3f} | {m['fwd_bwd_tflops']:.0f} | `{path.name}` |"
             )
     return rows
@@ -124,10 +126,10 @@ def main() -> None:
     attention = sorted(RESULTS.glob("attention_*.json"))
     if attention:
         print("\n## HSTU attention kernels (`bench_attention.py`)\n")
-        print("bf16, H=4, d_qk=d_v=128, lengths uniform in [0.9N, N]; TFLOP/s count the causal jagged FLOPs")
+        print("bf16, H=4, d = d_qk = d_v, lengths uniform in [0.9N, N]; TFLOP/s count the causal jagged FLOPs")
         print("(forward 2*H*(d_qk+d_v)*L^2/2 per sequence, forward+backward 3.5x).\n")
-        print("| B x N | variant | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | file |")
-        print("|---|---|---|---|---|---|---|")
+        print("| B x N | d | variant | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | file |")
+        print("|---|---|---|---|---|---|---|---|")
         for path in attention:
             for row in _attention_rows(path):
                 print(row)

@@ -182,6 +182,28 @@ def _key_ranges(start_m, seq_len, hist_end, num_contextual, window, HAS_CONTEXT:
 
 
 @triton.jit
+def _key_tile_scores(q, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, offs_n, start_n, seq_start, seq_len,
+                     stride_kn, stride_vn, alpha, pos_center, offs_dqk, offs_dv, D_QK: tl.constexpr,
+                     D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_N: tl.constexpr,
+                     MASKED: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr,
+                     UPCAST: tl.constexpr, FAST_LOG: tl.constexpr):
+    """A query tile's ``S = alpha * Q K^T + bias`` against the key tile at ``start_n``, with its K, V rows.
+
+    Returns ``S`` ``(BLOCK_M, BLOCK_N)``, ``K`` ``(BLOCK_N, BLOCK_DQK)`` and ``V`` ``(BLOCK_N, BLOCK_DV)``.
+    """
+    rows = (seq_start + offs_n).to(tl.int64)
+    k, v = _load_kv_tile(K, V, rows, offs_n < seq_len, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK, D_V,
+                         BLOCK_DQK, BLOCK_DV, MASKED)
+    s = _dot(q, tl.trans(k), PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_N)
+    if HAS_POS:
+        s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
+    if HAS_TIME:
+        ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,)
+        s += _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)[0]
+    return s, k, v
+
+
+@triton.jit
 def _fwd_tile(acc, q, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
               seq_start, seq_len, hist_end, stride_kn, stride_vn, alpha, pos_center,
               num_contextual, window, offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
@@ -194,15 +216,9 @@ def _fwd_tile(acc, q, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
     Unmasked tiles skip every check.
     """
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    rows = (seq_start + offs_n).to(tl.int64)
-    k, v = _load_kv_tile(K, V, rows, offs_n < seq_len, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK, D_V,
-                         BLOCK_DQK, BLOCK_DV, MASKED)
-    s = _dot(q, tl.trans(k), PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_N)
-    if HAS_POS:
-        s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
-    if HAS_TIME:
-        ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,)
-        s += _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)[0]
+    s, _k, v = _key_tile_scores(q, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, offs_n, start_n, seq_start,
+                               seq_len, stride_kn, stride_vn, alpha, pos_center, offs_dqk, offs_dv, D_QK, D_V,
+                               BLOCK_DQK, BLOCK_DV, BLOCK_N, MASKED, HAS_POS, HAS_TIME, PREC, UPCAST, FAST_LOG)
     a = s * _sigmoid(s, FAST)
     if MASKED:
         ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
@@ -513,15 +529,9 @@ def _dq_tile(dq, q, do, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, start_
              FAST: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr):
     """Add one key tile's ``dS @ K`` to ``dq`` (the caller applies ``alpha / n`` once)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    rows = (seq_start + offs_n).to(tl.int64)
-    k, v = _load_kv_tile(K, V, rows, offs_n < seq_len, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK, D_V,
-                         BLOCK_DQK, BLOCK_DV, MASKED)
-    s = _dot(q, tl.trans(k), PREC, UPCAST) * alpha  # (BLOCK_M, BLOCK_N)
-    if HAS_POS:
-        s += _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
-    if HAS_TIME:
-        ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,)
-        s += _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)[0]
+    s, k, v = _key_tile_scores(q, K, V, Ts, origin, PosE, TimeBias, next_f, offs_m, offs_n, start_n, seq_start,
+                               seq_len, stride_kn, stride_vn, alpha, pos_center, offs_dqk, offs_dv, D_QK, D_V,
+                               BLOCK_DQK, BLOCK_DV, BLOCK_N, MASKED, HAS_POS, HAS_TIME, PREC, UPCAST, FAST_LOG)
     sig = _sigmoid(s, FAST)
     da = _dot(do, tl.trans(v), PREC, UPCAST)  # (BLOCK_M, BLOCK_N) = dA
     ds = da * sig * (1.0 + s * (1.0 - sig))
@@ -544,7 +554,9 @@ def _hstu_dq_kernel(
     UPCAST: tl.constexpr, FAST_LOG: tl.constexpr,
     TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # The forward's walk over key tiles (same order and masks), with dS @ K in place of A @ V: no atomics.
+    # The forward's walk over key tiles (same order, grid and masks), with dS @ K in place of A @ V: no
+    # atomics. (The grid order is spelled out as in the forward: moving it into a shared helper changed
+    # the forward's register allocation, with both tables, in a local sm_90 compile.)
     if TILE_MAJOR:
         pid_bh = tl.program_id(1)
         pid_m = tl.num_programs(0) - 1 - tl.program_id(0)

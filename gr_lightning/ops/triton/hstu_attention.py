@@ -806,7 +806,7 @@ _FWD_CONFIGS = [
 ]
 def _dq_block_hook(nargs: dict) -> None:
     """Give the dQ descriptor (``DQ_TMA``) the tile shape of the configuration about to run."""
-    if isinstance(nargs["DQDesc"], TensorDescriptor):
+    if isinstance(nargs.get("DQDesc"), TensorDescriptor):  # only the q, k, v backward has one
         nargs["DQDesc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_DQK"]]
 
 
@@ -921,9 +921,7 @@ def _launch(kernel, tuned, blocks: tuple[int, int], grid_fn, args: list, meta: d
         bm, bn = blocks
         kernel[grid_fn({"BLOCK_M": bm, "BLOCK_N": bn})](*args, **meta, BLOCK_M=bm, BLOCK_N=bn)
     elif _FIXED_CONFIG is not None:
-        config = triton.Config({k: _FIXED_CONFIG[k] for k in ("BLOCK_M", "BLOCK_N")}, pre_hook=_dq_block_hook)
-        if tuned is _bwd_tuned:
-            config.pre_hook(dict(zip(kernel.arg_names, args, strict=False)) | meta | config.kwargs)
+        _dq_block_hook(dict(zip(kernel.arg_names, args, strict=False)) | meta | _FIXED_CONFIG)
         kernel[grid_fn(_FIXED_CONFIG)](*args, **meta, **_FIXED_CONFIG)
     else:
         tuned[grid_fn](*args, **meta)

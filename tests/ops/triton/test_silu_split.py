@@ -56,8 +56,10 @@ def test_sizes_must_cover_the_last_dimension():
         silu_split(torch.randn(3, 10), [4, 4])
 
 
-def test_dispatch_gives_the_same_blocks_on_both_kernels():
-    x = torch.randn(6, 24, generator=torch.Generator().manual_seed(8))
-    for a, b in zip(ops.silu_split(x, [8, 16], kernel="triton"), ops.silu_split(x, [8, 16], kernel="pytorch"),
-                    strict=True):
+def test_dispatch_picks_the_fused_backward_only_for_triton():
+    x = torch.randn(6, 24, generator=torch.Generator().manual_seed(8), requires_grad=True)
+    fused, plain = ops.silu_split(x, [8, 16], kernel="triton"), ops.silu_split(x, [8, 16], kernel="pytorch")
+    assert {type(t.grad_fn).__name__ for t in fused} == {"_SiluSplitBackward"}
+    assert {type(t.grad_fn).__name__ for t in plain} == {"SplitWithSizesBackward0"}
+    for a, b in zip(fused, plain, strict=True):
         torch.testing.assert_close(a, b)

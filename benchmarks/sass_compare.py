@@ -1,10 +1,11 @@
 """Compare the sm_90 SASS of the attention kernels between two revisions, without a GPU.
 
 Compiles ``_hstu_fwd_kernel`` and the fused ``_hstu_bwd_kernel`` (bf16, d=128, no masks; no bias and both
-tables; element dQ atomics) of each revision's ``gr_lightning`` with the installed Triton
-for sm_90, disassembles them with the ``nvdisasm`` bundled with Triton, and reports per kernel whether the
-instruction sequences are identical, identical up to register names, or different (with the changed
-opcode counts). A check that a refactor left already-timed kernels alone; not a timing::
+tables; element dQ atomics), and the three backward passes of d=256 heads, of each revision's
+``gr_lightning`` with the installed Triton for sm_90. Disassembles them with the ``nvdisasm`` bundled
+with Triton and reports per kernel whether the instruction sequences are identical, identical up to
+register names, or different (with the changed opcode counts). A check that a refactor left
+already-timed kernels alone; not a timing::
 
     python benchmarks/sass_compare.py 545abbc HEAD
 """
@@ -34,6 +35,14 @@ _VARIANTS = [
     ("bwd_nobias", "bwd", dict(_NO_BIAS, BLOCK_M=64, BLOCK_N=128), 8, 3),
     ("bwd_both", "bwd", dict(_BOTH, BLOCK_M=64, BLOCK_N=128), 8, 2),
 ]
+#: The layer's head width (d = 256, no bias): the backward's three passes in the tiles of
+#: ``results/layer_h100_silu_split.json``.
+_WIDE = dict(_NO_BIAS, D_QK=256, D_V=256, BLOCK_DQK=256, BLOCK_DV=256, BLOCK_M=64, BLOCK_N=64)
+_VARIANTS += [
+    ("bwd_dv_d256", "bwd", dict(_WIDE, WITH_DK=False, WITH_DQ=False), 4, 2),
+    ("bwd_dk_d256", "bwd", dict(_WIDE, WITH_DV=False, WITH_DQ=False), 4, 2),
+    ("dq_d256", "dq", _WIDE, 8, 2),
+]
 _POINTERS = {"Offsets": "*i64", "NumTargets": "*i64", "Ts": "*i64", "NextTs": "*i64", "TimeBias": "*fp32",
              "DQ": "*fp32"}
 
@@ -49,7 +58,11 @@ def _dump(out_dir: str) -> None:
     mod = sys.modules["gr_lightning.ops.triton.hstu_attention"]
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
     for name, which, consts, warps, stages in _VARIANTS:
-        kern = mod._hstu_fwd_kernel if which == "fwd" else mod._hstu_bwd_kernel
+        kernels = {"fwd": mod._hstu_fwd_kernel, "bwd": mod._hstu_bwd_kernel,
+                   "dq": getattr(mod, "_hstu_dq_kernel", None)}
+        kern = kernels[which]
+        if kern is None:  # a revision before the dQ pass
+            continue
         consts = {k: v for k, v in (_BASE | consts).items() if k in kern.arg_names}
         sig, attrs = {}, {}
         for i, arg in enumerate(kern.arg_names):
@@ -90,6 +103,8 @@ def _sass_of(rev: str, work: Path) -> Path:
 def _compare(a: Path, b: Path) -> dict:
     result = {}
     for name, *_ in _VARIANTS:
+        if not all((p / f"{name}.sass").exists() for p in (a, b)):
+            continue
         x, y = ((p / f"{name}.sass").read_text().splitlines() for p in (a, b))
         opcodes = [collections.Counter(line.split()[0] if not line.startswith("@") else line.split()[1]
                                        for line in s) for s in (x, y)]

@@ -42,20 +42,51 @@ def next_pow2(x: int) -> int:
 
 
 @triton.jit
-def sigmoid(s, FAST: tl.constexpr):
-    """``sigmoid(s)``; FAST uses one ``tanh.approx`` (one MUFU op instead of ex2 + rcp and range fix-ups).
+def _tanh_approx(x):
+    """``tanh(x)`` by one ``tanh.approx.f32`` (one MUFU op; ~5e-4 relative error)."""
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
 
-    The kernels take FAST for bf16 and fp16 inputs, forward and backward alike: its ~5e-4 relative error is
-    below their rounding. (A packed ``tanh.approx.bf16x2``, one MUFU op per two elements, measured no
-    faster on the H100 at 32x4096: the forward is not MUFU-bound. See benchmarks/NOTES-kernels.md.)
+
+@triton.jit
+def silu_half(h, FAST: tl.constexpr):
+    """``SiLU(s)`` of a score ``s`` given as its half ``h = s / 2`` (Eq. 2's ``phi``).
+
+    ``sigmoid(s) = (1 + tanh(s / 2)) / 2``, so ``SiLU(s) = h * tanh(h) + h``: with FAST one ``tanh.approx``
+    and one FMA, instead of ex2 + rcp with range fix-ups. The kernels fold the half into ``alpha`` and the
+    bias tables (halving is exact), which saves two multiplies per pair. They take FAST for bf16 and fp16
+    inputs, forward and backward alike: the ~5e-4 relative error is below their rounding. (A packed
+    ``tanh.approx.bf16x2`` measured no faster on the H100 at 32x4096; see benchmarks/NOTES-kernels.md.)
+    Without FAST: the exact ``s * sigmoid(s)``.
     """
     if FAST:
-        t = tl.inline_asm_elementwise(
-            "tanh.approx.f32 $0, $1;", "=r,r", [s * 0.5], dtype=tl.float32, is_pure=True, pack=1
-        )
-        return 0.5 * t + 0.5
+        return h * _tanh_approx(h) + h
     else:
-        return tl.sigmoid(s)
+        s = 2.0 * h
+        return s * tl.sigmoid(s)
+
+
+@triton.jit
+def silu(s, FAST: tl.constexpr):
+    """``SiLU(s)`` (see ``silu_half``)."""
+    return silu_half(0.5 * s, FAST)
+
+
+@triton.jit
+def silu_half_grad2(da, h, FAST: tl.constexpr):
+    """Twice the score gradient, ``2 dS = 2 dA SiLU'(s)``, for ``h = s / 2`` (see ``silu_half``).
+
+    ``SiLU'(s) = sigmoid(s) (1 + s (1 - sigmoid(s))) = (1 + t) (1 + h (1 - t)) / 2`` with ``t = tanh(h)``;
+    FAST computes ``d (h - h t) + d`` with ``d = dA (1 + t)``: one MUFU op and four FP instructions. Callers
+    fold the half into the scale they apply once per output tile.
+    """
+    if FAST:
+        t = _tanh_approx(h)
+        d = da * (1.0 + t)
+        return d * (h - h * t) + d
+    else:
+        s = 2.0 * h
+        sig = tl.sigmoid(s)
+        return 2.0 * da * sig * (1.0 + s * (1.0 - sig))
 
 
 @triton.jit

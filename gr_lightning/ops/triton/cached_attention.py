@@ -31,7 +31,7 @@ from gr_lightning.ops.triton._common import interpreting as _interpreting
 from gr_lightning.ops.triton._common import load_kv_tile as _load_kv_tile
 from gr_lightning.ops.triton._common import next_pow2 as _next_pow2
 from gr_lightning.ops.triton._common import pos_index as _pos_index
-from gr_lightning.ops.triton._common import sigmoid as _sigmoid
+from gr_lightning.ops.triton._common import silu as _silu
 from gr_lightning.ops.triton._common import time_index as _time_index
 from gr_lightning.ops.triton._common import time_lookup_table as _time_lookup_table
 from gr_lightning.ops.triton._common import time_slot as _time_slot
@@ -76,7 +76,7 @@ def _key_tile(acc, q, Kp, Vp, TsK, stride_kn, stride_vn, start_n, n_valid, key_p
         ts = (ts - ts_base).to(REL_TS)
         time_idx = _time_index(next_ts[:, None], ts[None, :], FAST_LOG)  # (BLOCK_M, BLOCK_N)
         s += tl.load(_time_slot(TimeBias, time_idx)).to(tl.float32)
-    a = s * _sigmoid(s, FAST) * inv_scale
+    a = _silu(s, FAST) * inv_scale
     if BOUND:
         ok = offs_n[None, :] < n_valid
         if CAUSAL:
@@ -180,7 +180,7 @@ def _cached_fwd_kernel(
                     ts_own = (tl.load(Ts + q_rows, mask=row_ok, other=0) - ts_base).to(REL_TS)
                     own_idx = _time_index(next_ts, ts_own, FAST_LOG)  # (BLOCK_M,)
                     s_own += tl.load(_time_slot(TimeBias, own_idx)).to(tl.float32)
-                a_own = tl.where(own, s_own * _sigmoid(s_own, FAST) * inv_scale, 0.0)
+                a_own = tl.where(own, _silu(s_own, FAST) * inv_scale, 0.0)
                 acc += a_own[:, None] * v_own.to(tl.float32)
 
     o_ptrs = Out + pid_s * stride_os + h * stride_oh + q_rows[:, None] * stride_on + offs_dv[None, :]

@@ -181,6 +181,8 @@ def test_strided_inputs():
     case = _case(12, [15, 20, 8])
     qkv = torch.randn(case["q"].shape[0], 2, 48)
     case["q"], case["k"], case["v"] = qkv[..., :16], qkv[..., 16:32], qkv[..., 32:]
+    meta = triton_mod._meta(case["q"], case["v"], {})
+    assert not triton_mod._head_descriptors(case["k"], case["v"], meta)[2]  # heads not side by side: pointers
     _run_both(case)
 
 
@@ -253,3 +255,18 @@ def test_backward_split_for_wide_heads(query_blocks, monkeypatch):
     monkeypatch.setattr(triton_mod, "_SPLIT_BWD_ABOVE", 0)
     monkeypatch.setattr(triton_mod, "_INTERPRET_FWD_BLOCKS", query_blocks)
     _run_both(_case(19, [20, 13, 1], targets=[3, 2, 0], pos=True, time=True), num_contextual=2, window=6)
+
+
+@pytest.mark.parametrize("tma", [True, False])
+@pytest.mark.parametrize("split", [False, True])
+def test_tiles_loaded_by_descriptor_or_pointer(tma, split, monkeypatch):
+    """Unmasked tiles load K, V (forward, dQ pass) or Q, dO (q, k, v backward) through TMA descriptors
+    (emulated by the interpreter) or pointers; sequences of several tiles have both kinds of tile.
+    """
+    monkeypatch.setattr(triton_mod, "_HEAD_TMA", tma)
+    if split:
+        monkeypatch.setattr(triton_mod, "_SPLIT_BWD_ABOVE", 0)
+    case = _case(20, [61, 40, 9], targets=[4, 0, 2], pos=True, time=True)
+    case["pos_bias"] = torch.randn(2 * 64 - 1, generator=torch.Generator().manual_seed(6))
+    assert triton_mod._head_descriptors(case["k"], case["v"], triton_mod._meta(case["q"], case["v"], {}))[2] == tma
+    _run_both(case, num_contextual=2, scale_len=64)

@@ -498,9 +498,11 @@ def _hstu_bwd_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     ctx_hi, m_lo, m_diag, m_hi, m_cand, below_masked = _query_ranges(
         start_n, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
-    # Below the diagonal: tiles whose rows all lie inside the sequence skip the mask, unless below_masked;
-    # the last, partial one joins the masked loop.
-    free_hi = tl.maximum(tl.minimum(m_hi, (seq_len // BLOCK_M) * BLOCK_M), m_diag)
+    # Below the diagonal the tiles skip the mask unless below_masked. With QO_TMA the last, partial one
+    # joins the masked loop: a TMA tile would read the next sequence's rows.
+    free_hi = m_hi
+    if QO_TMA:
+        free_hi = tl.maximum(tl.minimum(m_hi, (seq_len // BLOCK_M) * BLOCK_M), m_diag)
     if below_masked:
         free_hi = m_diag
     n_below = tl.cdiv(tl.maximum(m_hi - free_hi, 0), BLOCK_M)
@@ -672,18 +674,22 @@ def _pos_grad(DPos, acc, rel0, scale_len, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
 
 
 @triton.jit
-def _bias_grad_tile(Q, K, V, DO, Ts, NextTs, PosE, TimeBias, DTime, start_m, start_n, seq_start, seq_len,
+def _bias_grad_tile(Q, K, V, DO, QDesc, KDesc, VDesc, DODesc, Ts, NextTs, PosE, TimeBias, DTime, start_m, start_n,
+                    seq_start, seq_len,
                     hist_end, stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don,
                     stride_doh, alpha, inv_scale, pos_center, num_contextual, window, H, offs_dqk, offs_dv,
                     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
                     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_TIME: tl.constexpr,
-                    PREC: tl.constexpr, UPCAST: tl.constexpr, FAST: tl.constexpr, FAST_LOG: tl.constexpr):
+                    PREC: tl.constexpr, UPCAST: tl.constexpr, FAST: tl.constexpr, FAST_LOG: tl.constexpr,
+                    TMA: tl.constexpr):
     """One tile's ``dS`` summed over heads, zero where masked, after adding its temporal gradient.
 
     The bias is the same for every head, so it is computed once per tile and the reductions run once
-    per tile rather than once per head. Returns ``(BLOCK_M, BLOCK_N)``.
+    per tile rather than once per head. With TMA an unmasked tile loads Q, dO, K, V through the
+    descriptors; its key rows lie inside the sequence, and the rows of a last, partial query tile are
+    zeroed after the sum. Returns ``(BLOCK_M, BLOCK_N)``.
     """
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -703,12 +709,18 @@ def _bias_grad_tile(Q, K, V, DO, Ts, NextTs, PosE, TimeBias, DTime, start_m, sta
     half_alpha = alpha * 0.5
     ds_sum = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for h in range(H):
-        q = tl.load(Q + h * stride_qh + q_rows[:, None] * stride_qn + offs_dqk[None, :],
-                    mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), other=0.0)
-        do = tl.load(DO + h * stride_doh + q_rows[:, None] * stride_don + offs_dv[None, :],
-                     mask=row_ok[:, None] & (offs_dv[None, :] < D_V), other=0.0)
-        k, v = _load_kv_tile(K + h * stride_kh, V + h * stride_vh, k_rows, offs_n < seq_len, stride_kn,
-                             stride_vn, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, MASKED)
+        if TMA and not MASKED:
+            q = QDesc.load([(seq_start + start_m).to(tl.int32), h * D_QK])
+            do = DODesc.load([(seq_start + start_m).to(tl.int32), h * D_V])
+            k = KDesc.load([(seq_start + start_n).to(tl.int32), h * D_QK])
+            v = VDesc.load([(seq_start + start_n).to(tl.int32), h * D_V])
+        else:
+            q = tl.load(Q + h * stride_qh + q_rows[:, None] * stride_qn + offs_dqk[None, :],
+                        mask=row_ok[:, None] & (offs_dqk[None, :] < D_QK), other=0.0)
+            do = tl.load(DO + h * stride_doh + q_rows[:, None] * stride_don + offs_dv[None, :],
+                         mask=row_ok[:, None] & (offs_dv[None, :] < D_V), other=0.0)
+            k, v = _load_kv_tile(K + h * stride_kh, V + h * stride_vh, k_rows, offs_n < seq_len, stride_kn,
+                                 stride_vn, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, MASKED)
         hs = _dot(q, tl.trans(k), PREC, UPCAST) * half_alpha + half_bias  # (BLOCK_M, BLOCK_N)
         da = _dot(do, tl.trans(v), PREC, UPCAST)  # (BLOCK_M, BLOCK_N) = dA
         ds_sum += _silu_half_grad2(da, hs, FAST)
@@ -720,6 +732,8 @@ def _bias_grad_tile(Q, K, V, DO, Ts, NextTs, PosE, TimeBias, DTime, start_m, sta
         ds_sum = tl.where(ok, ds_sum, 0.0)
     else:
         ok = row_ok[:, None] & (offs_n[None, :] < seq_len)
+        if TMA:  # rows past the sequence were loaded from the next one
+            ds_sum = tl.where(row_ok[:, None], ds_sum, 0.0)
     if GRAD_TIME:
         if MASKED:
             ok_next = _allowed(i, j + 1, seq_len, hist_end, num_contextual, window, HAS_TARGETS, HAS_CONTEXT,
@@ -752,14 +766,14 @@ def _diagonal_counts(max_len, HAS_CONTEXT: tl.constexpr, BLOCK_M: tl.constexpr, 
 
 @triton.jit
 def _hstu_bias_bwd_kernel(
-    Q, K, V, DO, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs, DPos, DTime,
+    Q, K, V, DO, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs, DPos, DTime, QDesc, KDesc, VDesc, DODesc,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
     alpha, inv_scale, pos_center, scale_len, num_contextual, window, time_rows, H, MAX_LEN_BUCKET,
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST: tl.constexpr, FAST_LOG: tl.constexpr,
-    GRAD_SLOTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GRAD_SLOTS: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Every tile of a diagonal puts its pairs at the same relative positions, so the positional gradient
     # sums in registers along it and is reduced once. Flat grid: a sequence's diagonals side by side
@@ -794,20 +808,20 @@ def _hstu_bias_bwd_kernel(
         ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
                                                              HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
         if (start_n >= full_lo) & (start_n < full_hi):
-            acc += _bias_grad_tile(Q, K, V, DO, Ts, NextTs, PosE, TimeBias, DTime, start_m, start_n, seq_start,
-                                   seq_len, hist_end, stride_qn, stride_qh, stride_kn, stride_kh, stride_vn,
-                                   stride_vh, stride_don, stride_doh, alpha, inv_scale, pos_center,
-                                   num_contextual, window, H, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
-                                   BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                                   HAS_TIME, GRAD_TIME, PREC, UPCAST, FAST, FAST_LOG)
+            acc += _bias_grad_tile(Q, K, V, DO, QDesc, KDesc, VDesc, DODesc, Ts, NextTs, PosE, TimeBias, DTime,
+                                   start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh, stride_kn,
+                                   stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha, inv_scale,
+                                   pos_center, num_contextual, window, H, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK,
+                                   BLOCK_DV, BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW,
+                                   HAS_POS, HAS_TIME, GRAD_TIME, PREC, UPCAST, FAST, FAST_LOG, TMA)
         elif ((start_n < ctx_hi) | ((start_n >= lo) & (start_n < full_lo))
               | ((start_n >= mid) & (start_n < hi))):
-            acc += _bias_grad_tile(Q, K, V, DO, Ts, NextTs, PosE, TimeBias, DTime, start_m, start_n, seq_start,
-                                   seq_len, hist_end, stride_qn, stride_qh, stride_kn, stride_kh, stride_vn,
-                                   stride_vh, stride_don, stride_doh, alpha, inv_scale, pos_center,
-                                   num_contextual, window, H, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
-                                   BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
-                                   HAS_TIME, GRAD_TIME, PREC, UPCAST, FAST, FAST_LOG)
+            acc += _bias_grad_tile(Q, K, V, DO, QDesc, KDesc, VDesc, DODesc, Ts, NextTs, PosE, TimeBias, DTime,
+                                   start_m, start_n, seq_start, seq_len, hist_end, stride_qn, stride_qh, stride_kn,
+                                   stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha, inv_scale,
+                                   pos_center, num_contextual, window, H, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK,
+                                   BLOCK_DV, BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW,
+                                   HAS_POS, HAS_TIME, GRAD_TIME, PREC, UPCAST, FAST, FAST_LOG, TMA)
     if GRAD_POS:  # noqa: SIM102 (a constexpr guard around a run-time test)
         if tiles > 0:
             _pos_grad(DPos, acc, rel0, scale_len, BLOCK_M, BLOCK_N)
@@ -843,7 +857,7 @@ _DQ_CONFIGS = [
                          (32, 32, 4, 2)]
 ]
 _BIAS_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_descriptor_block_hook)
     for bm, bn, w, s in [(128, 64, 8, 2), (64, 128, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 4, 2),
                          (32, 32, 4, 2), (128, 64, 8, 1), (64, 64, 4, 1), (64, 64, 8, 1)]
 ]
@@ -868,6 +882,12 @@ _DQ_TMA: bool | None = None
 #: copies. Fewer instructions and registers per tile: 32x4096 forward, no bias, 1.069 -> 0.991 ms
 #: (``attention_h100_silu_half_pointers.json``, ``attention_h100_tma_silu_half.json``).
 _HEAD_TMA = True
+
+#: Q, dO by TMA slowed the fused q, k, v backward (d = 128, 32x4096, no bias: 4.55 -> 5.41 ms fwd+bwd,
+#: ``attention_h100_tma_silu_half.json`` vs ``attention_h100_tma_qdo.json``), while the wide-head dV and
+#: dK passes gained (layer at N=2048: 9.08 -> 8.82 ms, ``layer_h100_tma_silu_half.json`` vs
+#: ``layer_h100_tma_qdo.json``); so only the split passes take it.
+_QO_TMA_FUSED = False
 
 #: The q, k, v backward runs as three passes, each with one accumulator in registers (dV and dK per key
 #: tile, dQ per query tile: ``_hstu_dq_kernel``, no atomics), when ``BLOCK_DQK + BLOCK_DV`` exceeds this.
@@ -1125,9 +1145,12 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         dq_tma = not split and _dq_tma(dq, meta)
         dq_desc = dq_tma and TensorDescriptor(dq, [total, num_heads * meta["D_QK"]], [dq.stride(0), 1],
                                               [_INTERPRET_BWD_BLOCKS[0], meta["BLOCK_DQK"]])
-        q_desc, do_desc, qo_tma = _head_descriptors(q, do, meta)
-        args = [q, k, v, do, dq, dq_desc or dq, q_desc, do_desc, dk, dv, *tables, *in_strides, dq.stride(0),
-                dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), *scalars, *shape]
+        q_desc, do_desc, qo_ok = _head_descriptors(q, do, meta)
+        k_desc, v_desc, kv_ok = _head_descriptors(k, v, meta)
+        qo_tma = qo_ok and (split or _QO_TMA_FUSED)
+        qo_args = [q_desc, do_desc] if qo_tma else [q, do]
+        args = [q, k, v, do, dq, dq_desc or dq, *qo_args, dk, dv, *tables, *in_strides, dq.stride(0), dq.stride(1),
+                dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), *scalars, *shape]
         tile_major = _tile_major(batch * num_heads)
         grid = partial(_grid, batch * num_heads, max_len, "BLOCK_N", tile_major)
         bwd_meta = meta | {"TILE_MAJOR": tile_major, "DQ_TMA": dq_tma, "QO_TMA": qo_tma}
@@ -1135,21 +1158,22 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
             for part in ({"WITH_DK": False, "WITH_DV": True}, {"WITH_DK": True, "WITH_DV": False}):
                 _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args,
                         bwd_meta | part | {"WITH_DQ": False})
-            k_desc, v_desc, kv_tma = _head_descriptors(k, v, meta)
             dq_args = [q, k, v, do, dq, *tables, k_desc, v_desc, *in_strides, dq.stride(0), dq.stride(1), *scalars,
                        *shape]
             _launch(_hstu_dq_kernel, _dq_tuned, _INTERPRET_FWD_BLOCKS,
                     partial(_grid, batch * num_heads, max_len, "BLOCK_M", tile_major), dq_args,
-                    meta | {"TILE_MAJOR": tile_major, "KV_TMA": kv_tma})
+                    meta | {"TILE_MAJOR": tile_major, "KV_TMA": kv_ok})
         else:
             _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args,
                     bwd_meta | {"WITH_DK": True, "WITH_DV": True, "WITH_DQ": True})
         if grad_pos or grad_time:
+            bias_tma = qo_ok and kv_ok
+            descs = [q_desc, k_desc, v_desc, do_desc] if bias_tma else [q, k, v, do]
             args = [q, k, v, do, *tables, dpos if dpos is not None else dq, dtime if dtime is not None else dq,
-                    *in_strides, *scalars, int(scale_len), *shape]
+                    *descs, *in_strides, *scalars, int(scale_len), *shape]
             grid = partial(_diagonal_grid, batch, max_len, meta["HAS_CONTEXT"])
             _launch(_hstu_bias_bwd_kernel, _bias_bwd_tuned, _INTERPRET_BIAS_BLOCKS, grid, args,
-                    meta | {"GRAD_POS": grad_pos, "GRAD_TIME": grad_time, "GRAD_SLOTS": slots})
+                    meta | {"GRAD_POS": grad_pos, "GRAD_TIME": grad_time, "GRAD_SLOTS": slots, "TMA": bias_tma})
     else:
         dq.zero_()
         dk.zero_()

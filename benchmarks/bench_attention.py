@@ -216,14 +216,11 @@ def main():
                              "element (default: the library's choice, tma with a bias table)")
     parser.add_argument("--tile-loads", choices=("tma", "pointers"), default="tma",
                         help="how unmasked tiles load their streamed operands (default: TMA on Hopper)")
-    parser.add_argument("--pos-loads", choices=("tma", "pointers"), default="tma",
-                        help="how the kernels load positional-bias tiles (default: TMA on Hopper)")
     args = parser.parse_args()
     D = args.head_dim
     if args.dq_atomics is not None:
         hstu_mod._DQ_TMA = args.dq_atomics == "tma"
     hstu_mod._HEAD_TMA = args.tile_loads == "tma"
-    hstu_mod._POS_TMA = args.pos_loads == "tma"
     if set(args.check_dtypes.split(",")) - {"bfloat16", "float32"}:
         parser.error(f"--check-dtypes takes bfloat16 and/or float32, not {args.check_dtypes!r}")
     unknown = set(args.variants.split(",")) - set(VARIANTS + EXTRA_VARIANTS) if args.variants else set()
@@ -241,7 +238,7 @@ def main():
         timing="triton.testing.do_bench median, warmup 25 ms, rep 100 ms",
         flops="fwd = sum_seq 2*H*(d_qk+d_v)*L^2/2; fwd+bwd = 3.5x", checks={},
         dq_atomics={None: "tma with a bias table", True: "tma", False: "elementwise"}[hstu_mod._DQ_TMA],
-        tile_loads=args.tile_loads, pos_loads=args.pos_loads,
+        tile_loads=args.tile_loads,
         shapes=[],
     )
 

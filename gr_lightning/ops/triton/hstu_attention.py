@@ -116,31 +116,20 @@ def _time_origin(Ts, seq_start, start, HAS_TIME: tl.constexpr):
 
 
 @triton.jit
-def _pos_tile(PosE, start_m, start_n, pos_center, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              TRANSPOSED: tl.constexpr, POS_TMA: tl.constexpr):
+def _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N: tl.constexpr, TRANSPOSED: tl.constexpr):
     """The tile's positional bias, one 2-D block of the expanded table (see ``_expand_pos_bias``).
 
     Row ``x = i - start_n + pos_center`` of the expanded table holds ``w[clamp(i - start_n - c)]`` in
-    column ``c``, so a tile is ``BLOCK_M`` consecutive rows: no per-element index arithmetic or gather.
-    With POS_TMA, ``PosE`` is a TMA descriptor of that table, or of its transpose when TRANSPOSED (see
-    ``_pos_operands``), and the block arrives in shared memory in one copy at any row offset. Without,
-    the rows load through pointers (a transposed tile then does not vectorize). Returns
-    ``(BLOCK_M, BLOCK_N)``, or ``(BLOCK_N, BLOCK_M)`` when TRANSPOSED.
+    column ``c``, so a tile is ``BLOCK_M`` consecutive rows: a coalesced load, no per-element index
+    arithmetic or gather. Returns ``(BLOCK_M, BLOCK_N)``, or ``(BLOCK_N, BLOCK_M)`` when TRANSPOSED.
     """
-    x0 = start_m - start_n + pos_center
-    if POS_TMA:
-        if TRANSPOSED:
-            tile = PosE.load([0, x0.to(tl.int32)])
-        else:
-            tile = PosE.load([x0.to(tl.int32), 0])
+    x = offs_m - start_n + pos_center  # (BLOCK_M,)
+    cols = tl.arange(0, BLOCK_N)
+    if TRANSPOSED:
+        ptrs = PosE + x[None, :] * _POS_W + cols[:, None]
     else:
-        x = x0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-        cols = tl.arange(0, BLOCK_N)
-        if TRANSPOSED:
-            tile = tl.load(PosE + x[None, :] * _POS_W + cols[:, None])
-        else:
-            tile = tl.load(PosE + x[:, None] * _POS_W + cols[None, :])
-    return tile.to(tl.float32)
+        ptrs = PosE + x[:, None] * _POS_W + cols[None, :]
+    return tl.load(ptrs).to(tl.float32)
 
 
 @triton.jit
@@ -194,12 +183,11 @@ def _key_ranges(start_m, seq_len, hist_end, num_contextual, window, HAS_CONTEXT:
 
 
 @triton.jit
-def _key_tile_scores(q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, start_m, offs_n, start_n,
+def _key_tile_scores(q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, offs_m, offs_n, start_n,
                      seq_start, seq_len, stride_kn, stride_vn, half_alpha, pos_center, offs_dqk, offs_dv,
                      D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_POS: tl.constexpr,
-                     HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr,
-                     KV_TMA: tl.constexpr, POS_TMA: tl.constexpr):
+                     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+                     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr, KV_TMA: tl.constexpr):
     """A query tile's half scores ``S / 2 = (alpha * Q K^T + bias) / 2`` against the key tile at ``start_n``.
 
     KV_TMA loads an unmasked tile's K, V rows through the descriptors ``KDesc``, ``VDesc`` (head ``h``'s
@@ -217,7 +205,7 @@ def _key_tile_scores(q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_
                              BLOCK_DQK, BLOCK_DV, MASKED)
     h = _dot(q, tl.trans(k), PREC, UPCAST) * half_alpha  # (BLOCK_M, BLOCK_N)
     if HAS_POS:
-        h += 0.5 * _pos_tile(PosE, start_m, start_n, pos_center, BLOCK_M, BLOCK_N, False, POS_TMA)
+        h += 0.5 * _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
     if HAS_TIME:
         ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,)
         h += 0.5 * _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)[0]
@@ -225,24 +213,22 @@ def _key_tile_scores(q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_
 
 
 @triton.jit
-def _fwd_tile(acc, q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, start_m, start_n,
+def _fwd_tile(acc, q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
               seq_start, seq_len, hist_end, stride_kn, stride_vn, half_alpha, pos_center,
               num_contextual, window, offs_dqk, offs_dv, D_QK: tl.constexpr, D_V: tl.constexpr,
               BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr,
               HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr,
-              PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr, KV_TMA: tl.constexpr,
-              POS_TMA: tl.constexpr):
+              PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr, KV_TMA: tl.constexpr):
     """Add one key tile's contribution ``SiLU(S) @ V`` to ``acc`` (the caller divides by ``n`` once).
 
     Unmasked tiles skip every check.
     """
-    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    hs, _k, v = _key_tile_scores(q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, start_m, offs_n,
+    hs, _k, v = _key_tile_scores(q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, offs_m, offs_n,
                                 start_n, seq_start, seq_len, stride_kn, stride_vn, half_alpha, pos_center, offs_dqk,
-                                offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, MASKED, HAS_POS, HAS_TIME,
-                                PREC, UPCAST, FAST_LOG, KV_TMA, POS_TMA)
+                                offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, MASKED, HAS_POS, HAS_TIME, PREC,
+                                UPCAST, FAST_LOG, KV_TMA)
     a = _silu_half(hs, FAST)
     if MASKED:
         ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
@@ -302,7 +288,7 @@ def _hstu_fwd_kernel(
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
-    UPCAST: tl.constexpr, FAST_LOG: tl.constexpr, KV_TMA: tl.constexpr, POS_TMA: tl.constexpr,
+    UPCAST: tl.constexpr, FAST_LOG: tl.constexpr, KV_TMA: tl.constexpr,
     TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Longest rows first: query tile m needs ~m key tiles, so the heaviest programs start first.
@@ -333,18 +319,18 @@ def _hstu_fwd_kernel(
     ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
                                                          HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(full_lo, full_hi, BLOCK_N):
-        acc = _fwd_tile(acc, q, Kh, Vh, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, start_m, start_n,
+        acc = _fwd_tile(acc, q, Kh, Vh, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
                         seq_start, seq_len, hist_end, stride_kn, stride_vn, half_alpha, pos_center,
                         num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
                         BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST,
-                        PREC, UPCAST, FAST_LOG, KV_TMA, POS_TMA)
+                        PREC, UPCAST, FAST_LOG, KV_TMA)
     for t in range(0, _masked_key_count(ctx_hi, lo, full_lo, mid, hi, BLOCK_N)):
         start_n = _masked_key_start(t, ctx_hi, lo, full_lo, mid, BLOCK_N)
-        acc = _fwd_tile(acc, q, Kh, Vh, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, start_m, start_n,
+        acc = _fwd_tile(acc, q, Kh, Vh, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
                         seq_start, seq_len, hist_end, stride_kn, stride_vn, half_alpha, pos_center,
                         num_contextual, window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV,
                         BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST,
-                        PREC, UPCAST, FAST_LOG, KV_TMA, POS_TMA)
+                        PREC, UPCAST, FAST_LOG, KV_TMA)
 
     o_ptrs = Out + h * stride_oh + q_rows[:, None] * stride_on + offs_dv[None, :]
     o_mask = (offs_m[:, None] < seq_len) & (offs_dv[None, :] < D_V)
@@ -394,13 +380,13 @@ def _query_ranges(start_n, seq_len, hist_end, num_contextual, window, HAS_TARGET
 
 
 @triton.jit
-def _scores_t(k, q, PosE, TimeBias, next_f, ts_f, start_m, start_n, half_alpha, pos_center, HAS_POS: tl.constexpr,
+def _scores_t(k, q, PosE, TimeBias, next_f, ts_f, offs_m, start_n, half_alpha, pos_center, HAS_POS: tl.constexpr,
               HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr,
-              POS_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+              BLOCK_N: tl.constexpr):
     """Half scores ``S^T / 2 = (alpha * K Q^T + bias^T) / 2``, ``(BLOCK_N, BLOCK_M)`` (see ``silu_half``)."""
     h = _dot(k, tl.trans(q), PREC, UPCAST) * half_alpha  # (BLOCK_N, BLOCK_M)
     if HAS_POS:
-        h += 0.5 * _pos_tile(PosE, start_m, start_n, pos_center, BLOCK_M, BLOCK_N, True, POS_TMA)
+        h += 0.5 * _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, True)
     if HAS_TIME:
         h += 0.5 * _time_tile(TimeBias, next_f, ts_f, FAST_LOG, True)[0]
     return h
@@ -414,8 +400,7 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, DQDesc, QDesc, DODesc, h, NextTs, origin,
               HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
               FAST: tl.constexpr, FAST_LOG: tl.constexpr, DQ_TMA: tl.constexpr, WITH_DK: tl.constexpr,
-              WITH_DV: tl.constexpr, WITH_DQ: tl.constexpr, QO_TMA: tl.constexpr, POS_TMA: tl.constexpr,
-              BLOCK_N: tl.constexpr):
+              WITH_DV: tl.constexpr, WITH_DQ: tl.constexpr, QO_TMA: tl.constexpr, BLOCK_N: tl.constexpr):
     """One query tile against the program's key tile, in the transposed orientation ``(BLOCK_N, BLOCK_M)``.
 
     WITH_DV adds to dV, WITH_DK to dK; WITH_DQ (with WITH_DK) sends this tile's dQ out by atomics: with
@@ -436,8 +421,8 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, DQDesc, QDesc, DODesc, h, NextTs, origin,
         do = tl.load(DO + rows[:, None] * stride_don + offs_dv[None, :],
                      mask=row_ok[:, None] & (offs_dv[None, :] < D_V), other=0.0)
     next_f = _rel_times(NextTs, seq_start, offs_m, seq_len, origin, HAS_TIME)  # (BLOCK_M,)
-    hs = _scores_t(k, q, PosE, TimeBias, next_f, ts_f, start_m, start_n, half_alpha, pos_center, HAS_POS, HAS_TIME,
-                   PREC, UPCAST, FAST_LOG, POS_TMA, BLOCK_M, BLOCK_N)
+    hs = _scores_t(k, q, PosE, TimeBias, next_f, ts_f, offs_m, start_n, half_alpha, pos_center, HAS_POS, HAS_TIME,
+                   PREC, UPCAST, FAST_LOG, BLOCK_N)
     # ds is 2 dS (silu_half_grad2). The 1 / n of A and dS, and the 1 / 2 of ds, are applied once to dK, dV and
     # each dQ tile. dA's dot is issued before dV's, as in the fused kernel measured at 4.72 ms (32x4096, no
     # bias, attention_h100_inv_scale.json); with dV's dot first it measured 5.27 ms
@@ -471,7 +456,7 @@ def _bwd_tile(dk, dv, k, v, Q, DO, DQ, DQDesc, QDesc, DODesc, h, NextTs, origin,
 
 @triton.jit
 def _hstu_bwd_kernel(
-    Q, K, V, DO, DQ, DQDesc, QDesc, DODesc, DK, DV, Offsets, NumTargets, PosT, TimeBias, Ts, NextTs,
+    Q, K, V, DO, DQ, DQDesc, QDesc, DODesc, DK, DV, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
     stride_dqn, stride_dqh, stride_dkn, stride_dkh, stride_dvn, stride_dvh,
     alpha, inv_scale, pos_center, num_contextual, window, time_rows, H, MAX_LEN_BUCKET,
@@ -479,8 +464,8 @@ def _hstu_bwd_kernel(
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     FAST: tl.constexpr, FAST_LOG: tl.constexpr, DQ_TMA: tl.constexpr, WITH_DK: tl.constexpr,
-    WITH_DV: tl.constexpr, WITH_DQ: tl.constexpr, QO_TMA: tl.constexpr, POS_TMA: tl.constexpr,
-    TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    WITH_DV: tl.constexpr, WITH_DQ: tl.constexpr, QO_TMA: tl.constexpr, TILE_MAJOR: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Key tile n sees ~(N - n) query tiles: natural order is longest first.
     if TILE_MAJOR:  # a (sequence, head)'s tiles run side by side and share its Q, dO and dQ in L2
@@ -522,24 +507,24 @@ def _hstu_bwd_kernel(
         free_hi = m_diag
     n_below = tl.cdiv(tl.maximum(m_hi - free_hi, 0), BLOCK_M)
     for start_m in range(m_diag, free_hi, BLOCK_M):
-        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, DQDesc, QDesc, DODesc, h, NextTs, origin, ts_f, PosT, TimeBias,
+        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, DQDesc, QDesc, DODesc, h, NextTs, origin, ts_f, PosE, TimeBias,
                            offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
                            stride_dqn, half_alpha, inv_scale, pos_center, num_contextual, window, offs_dqk,
                            offs_dv, D_QK, D_V, BLOCK_M, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
                            HAS_TIME, PREC, UPCAST, FAST, FAST_LOG, DQ_TMA, WITH_DK, WITH_DV,
-                           WITH_DQ, QO_TMA, POS_TMA, BLOCK_N)
+                           WITH_DQ, QO_TMA, BLOCK_N)
     # The masked ranges in one loop, so that this large tile body is compiled twice, not four times.
     n_ctx = tl.cdiv(ctx_hi, BLOCK_M)
     n_diag = tl.cdiv(m_diag - m_lo, BLOCK_M)
     n_cand = tl.cdiv(tl.maximum(seq_len - m_cand, 0), BLOCK_M)
     for t in range(0, n_ctx + n_diag + n_below + n_cand):
         start_m = _chained_start(t, 0, n_ctx, m_lo, n_diag, free_hi, n_below, m_cand, BLOCK_M)
-        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, DQDesc, QDesc, DODesc, h, NextTs, origin, ts_f, PosT, TimeBias,
+        dk, dv = _bwd_tile(dk, dv, k, v, Qh, DOh, DQh, DQDesc, QDesc, DODesc, h, NextTs, origin, ts_f, PosE, TimeBias,
                            offs_n, start_n, start_m, seq_start, seq_len, hist_end, stride_qn, stride_don,
                            stride_dqn, half_alpha, inv_scale, pos_center, num_contextual, window, offs_dqk,
                            offs_dv, D_QK, D_V, BLOCK_M, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS,
                            HAS_TIME, PREC, UPCAST, FAST, FAST_LOG, DQ_TMA, WITH_DK, WITH_DV,
-                           WITH_DQ, QO_TMA, POS_TMA, BLOCK_N)
+                           WITH_DQ, QO_TMA, BLOCK_N)
 
     key_ok = offs_n[:, None] < seq_len
     if WITH_DK:
@@ -556,20 +541,19 @@ def _hstu_bwd_kernel(
 
 
 @triton.jit
-def _dq_tile(dq, q, do, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, start_m, start_n, seq_start,
+def _dq_tile(dq, q, do, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n, seq_start,
              seq_len, hist_end, stride_kn, stride_vn, half_alpha, pos_center, num_contextual, window, offs_dqk, offs_dv,
              D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, HAS_TARGETS: tl.constexpr,
              HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
              FAST: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr,
-             KV_TMA: tl.constexpr, POS_TMA: tl.constexpr):
+             KV_TMA: tl.constexpr):
     """Add one key tile's ``2 dS @ K`` to ``dq`` (the caller applies ``alpha / (2 n)`` once)."""
-    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    hs, k, v = _key_tile_scores(q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, start_m, offs_n,
+    hs, k, v = _key_tile_scores(q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, offs_m, offs_n,
                                 start_n, seq_start, seq_len, stride_kn, stride_vn, half_alpha, pos_center, offs_dqk,
-                                offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, MASKED, HAS_POS, HAS_TIME,
-                                PREC, UPCAST, FAST_LOG, KV_TMA, POS_TMA)
+                                offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, MASKED, HAS_POS, HAS_TIME, PREC,
+                                UPCAST, FAST_LOG, KV_TMA)
     da = _dot(do, tl.trans(v), PREC, UPCAST)  # (BLOCK_M, BLOCK_N) = dA
     ds = _silu_half_grad2(da, hs, FAST)  # 2 dS
     if MASKED:
@@ -588,7 +572,7 @@ def _hstu_dq_kernel(
     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, FAST: tl.constexpr, PREC: tl.constexpr,
-    UPCAST: tl.constexpr, FAST_LOG: tl.constexpr, KV_TMA: tl.constexpr, POS_TMA: tl.constexpr,
+    UPCAST: tl.constexpr, FAST_LOG: tl.constexpr, KV_TMA: tl.constexpr,
     TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # The forward's walk over key tiles (same order, grid and masks), with dS @ K in place of A @ V: no
@@ -622,18 +606,16 @@ def _hstu_dq_kernel(
     ctx_hi, lo, full_lo, full_hi, mid, hi = _key_ranges(start_m, seq_len, hist_end, num_contextual, window,
                                                          HAS_CONTEXT, HAS_WINDOW, BLOCK_M, BLOCK_N)
     for start_n in range(full_lo, full_hi, BLOCK_N):
-        dq = _dq_tile(dq, q, do, Kh, Vh, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, start_m, start_n,
+        dq = _dq_tile(dq, q, do, Kh, Vh, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
                       seq_start, seq_len, hist_end, stride_kn, stride_vn, half_alpha, pos_center, num_contextual,
                       window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, False,
-                      HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, FAST_LOG, KV_TMA,
-                      POS_TMA)
+                      HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, FAST_LOG, KV_TMA)
     for t in range(0, _masked_key_count(ctx_hi, lo, full_lo, mid, hi, BLOCK_N)):
         start_n = _masked_key_start(t, ctx_hi, lo, full_lo, mid, BLOCK_N)
-        dq = _dq_tile(dq, q, do, Kh, Vh, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, start_m, start_n,
+        dq = _dq_tile(dq, q, do, Kh, Vh, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f, offs_m, start_n,
                       seq_start, seq_len, hist_end, stride_kn, stride_vn, half_alpha, pos_center, num_contextual,
                       window, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_M, BLOCK_N, True,
-                      HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, FAST_LOG, KV_TMA,
-                      POS_TMA)
+                      HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW, HAS_POS, HAS_TIME, FAST, PREC, UPCAST, FAST_LOG, KV_TMA)
     tl.store(DQ + h * stride_dqh + q_rows[:, None] * stride_dqn + offs_dqk[None, :],
              (dq * (half_alpha * inv_scale)).to(DQ.dtype.element_ty), mask=row_ok & (offs_dqk[None, :] < D_QK))
 
@@ -701,7 +683,7 @@ def _bias_grad_tile(Q, K, V, DO, QDesc, KDesc, VDesc, DODesc, Ts, NextTs, PosE, 
                     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
                     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_TIME: tl.constexpr,
                     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST: tl.constexpr, FAST_LOG: tl.constexpr,
-                    TMA: tl.constexpr, POS_TMA: tl.constexpr):
+                    TMA: tl.constexpr):
     """One tile's ``dS`` summed over heads, zero where masked, after adding its temporal gradient.
 
     The bias is the same for every head, so it is computed once per tile and the reductions run once
@@ -719,7 +701,7 @@ def _bias_grad_tile(Q, K, V, DO, QDesc, KDesc, VDesc, DODesc, Ts, NextTs, PosE, 
     ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,) event times
     half_bias = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)  # the tiles compute S / 2 and 2 dS (see silu_half)
     if HAS_POS:
-        half_bias += 0.5 * _pos_tile(PosE, start_m, start_n, pos_center, BLOCK_M, BLOCK_N, False, POS_TMA)
+        half_bias += 0.5 * _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
     codes = tl.full((BLOCK_M, BLOCK_N), -1, tl.int32)
     if HAS_TIME:
         time_bias, codes = _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)
@@ -791,8 +773,7 @@ def _hstu_bias_bwd_kernel(
     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, GRAD_POS: tl.constexpr, GRAD_TIME: tl.constexpr,
     PREC: tl.constexpr, UPCAST: tl.constexpr, FAST: tl.constexpr, FAST_LOG: tl.constexpr,
-    GRAD_SLOTS: tl.constexpr, TMA: tl.constexpr, POS_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    GRAD_SLOTS: tl.constexpr, TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Every tile of a diagonal puts its pairs at the same relative positions, so the positional gradient
     # sums in registers along it and is reduced once. Flat grid: a sequence's diagonals side by side
@@ -832,7 +813,7 @@ def _hstu_bias_bwd_kernel(
                                    stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha, inv_scale,
                                    pos_center, num_contextual, window, H, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK,
                                    BLOCK_DV, BLOCK_M, BLOCK_N, False, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW,
-                                   HAS_POS, HAS_TIME, GRAD_TIME, PREC, UPCAST, FAST, FAST_LOG, TMA, POS_TMA)
+                                   HAS_POS, HAS_TIME, GRAD_TIME, PREC, UPCAST, FAST, FAST_LOG, TMA)
         elif ((start_n < ctx_hi) | ((start_n >= lo) & (start_n < full_lo))
               | ((start_n >= mid) & (start_n < hi))):
             acc += _bias_grad_tile(Q, K, V, DO, QDesc, KDesc, VDesc, DODesc, Ts, NextTs, PosE, TimeBias, DTime,
@@ -840,7 +821,7 @@ def _hstu_bias_bwd_kernel(
                                    stride_kh, stride_vn, stride_vh, stride_don, stride_doh, alpha, inv_scale,
                                    pos_center, num_contextual, window, H, offs_dqk, offs_dv, D_QK, D_V, BLOCK_DQK,
                                    BLOCK_DV, BLOCK_M, BLOCK_N, True, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW,
-                                   HAS_POS, HAS_TIME, GRAD_TIME, PREC, UPCAST, FAST, FAST_LOG, TMA, POS_TMA)
+                                   HAS_POS, HAS_TIME, GRAD_TIME, PREC, UPCAST, FAST, FAST_LOG, TMA)
     if GRAD_POS:  # noqa: SIM102 (a constexpr guard around a run-time test)
         if tiles > 0:
             _pos_grad(DPos, acc, rel0, scale_len, BLOCK_M, BLOCK_N)
@@ -851,10 +832,9 @@ def _hstu_bias_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 
 def _descriptor_block_hook(nargs: dict) -> None:
-    """Give the TMA descriptors (``*_TMA``) the tile shapes of the configuration about to run."""
+    """Give the TMA descriptors (``DQ_TMA``, ``KV_TMA``, ``QO_TMA``) the tile shapes of the configuration to run."""
     shapes = {"DQDesc": ("BLOCK_M", "BLOCK_DQK"), "KDesc": ("BLOCK_N", "BLOCK_DQK"), "VDesc": ("BLOCK_N", "BLOCK_DV"),
-              "QDesc": ("BLOCK_M", "BLOCK_DQK"), "DODesc": ("BLOCK_M", "BLOCK_DV"), "PosE": ("BLOCK_M", "BLOCK_N"),
-              "PosT": ("BLOCK_N", "BLOCK_M")}
+              "QDesc": ("BLOCK_M", "BLOCK_DQK"), "DODesc": ("BLOCK_M", "BLOCK_DV")}
     for name, (rows, cols) in shapes.items():
         if isinstance(nargs.get(name), TensorDescriptor):  # absent, or a plain pointer when TMA is off
             nargs[name].block_shape = [nargs[rows], nargs[cols]]
@@ -896,10 +876,6 @@ _TILE_MAJOR = True
 #: faster with both tables and 4% slower without a bias (``attention_h100_bias_dq_*.json``,
 #: ``attention_h100_dq_*.json``).
 _DQ_TMA: bool | None = None
-
-#: Whether the kernels read positional-bias tiles through TMA descriptors of the expanded table (and of its
-#: transpose in the q, k, v backward, whose tiles are transposed); see ``_pos_tile``.
-_POS_TMA = True
 
 #: Whether unmasked tiles load their streamed operands (K, V in the forward and the dQ pass; Q, dO in the
 #: q, k, v backward) by TMA (Hopper and later; see ``_head_descriptors``) instead of per-thread ``cp.async``
@@ -1082,10 +1058,9 @@ def _alloc(like: Tensor, shape=None) -> Tensor:
 @lru_cache(maxsize=32)
 def _pos_expand_index(max_len: int, scale_len: int, device: torch.device) -> Tensor:
     """Rows of the positional table behind each entry of the expanded table (see ``_expand_pos_bias``)."""
-    rows = -(-(2 * max_len + _POS_WIDTH) // 16) * 16  # a multiple of 16: the transpose's rows stay TMA-aligned
-    x = torch.arange(rows, device=device)[:, None]
+    x = torch.arange(2 * max_len + _POS_WIDTH, device=device)[:, None]
     c = torch.arange(_POS_WIDTH, device=device)[None, :]
-    rel = (x - c - (max_len - 1)).clamp(1 - scale_len, scale_len - 1)  # (rows, 128)
+    rel = (x - c - (max_len - 1)).clamp(1 - scale_len, scale_len - 1)  # (2 * max_len + 128, 128)
     return rel + scale_len - 1
 
 
@@ -1097,23 +1072,6 @@ def _expand_pos_bias(pos_bias: Tensor, max_len: int, scale_len: int) -> Tensor:
     rebuilt per call because the table is a trained parameter.
     """
     return pos_bias[_pos_expand_index(max_len, scale_len, pos_bias.device)]
-
-
-def _pos_operand(pos_exp: Tensor | None, transposed: bool) -> tuple:
-    """The expanded positional table as the kernels take it (``PosE``, or ``PosT`` when transposed).
-
-    Returns a TMA descriptor of the table, or of its transpose, and True (``POS_TMA``; see ``_pos_tile``);
-    else the table itself and False. Descriptors need ``_POS_TMA`` and Hopper or later, or the interpreter
-    for the table itself: a transposed tile starts at any column, which the hardware accepts and the
-    interpreter's emulation (16-byte aligned column offsets) does not.
-    """
-    if pos_exp is None:
-        return None, False
-    hopper = pos_exp.is_cuda and torch.cuda.get_device_capability(pos_exp.device)[0] >= 9
-    if not (_POS_TMA and (hopper or (_interpreting() and not transposed))):
-        return pos_exp, False
-    table = pos_exp.t().contiguous() if transposed else pos_exp  # (128, rows) or (rows, 128)
-    return TensorDescriptor(table, list(table.shape), [table.stride(0), 1], [16, 16]), True  # tiles: the hook
 
 
 def _tables(offsets, num_targets, pos_exp, time_bias, timestamps, next_ts) -> list[Tensor]:
@@ -1153,10 +1111,8 @@ def _forward(q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_conte
     batch = offsets.numel() - 1
     if total == 0 or batch == 0 or max_len == 0:
         return out
-    pos, pos_tma = _pos_operand(pos_exp, transposed=False)
-    tables = _tables(offsets, num_targets, pos, time_table, timestamps, next_ts)
+    tables = _tables(offsets, num_targets, pos_exp, time_table, timestamps, next_ts)
     meta = _meta(q, v, _flags(num_targets, num_contextual, window, pos_exp, time_table))
-    meta["POS_TMA"] = pos_tma
     k_desc, v_desc, meta["KV_TMA"] = _head_descriptors(k, v, meta)
     args = [q, k, v, out, *tables, k_desc, v_desc, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
             v.stride(1), out.stride(0), out.stride(1), *_scalars(alpha, scale_len, max_len),
@@ -1181,10 +1137,7 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
     dtime = torch.zeros(slots, time_table.numel(), dtype=torch.float32, device=q.device) if grad_time else None
     batch = offsets.numel() - 1
     if total > 0 and batch > 0 and max_len > 0:
-        pos, meta["POS_TMA"] = _pos_operand(pos_exp, transposed=False)  # the dQ pass and the bias backward
-        pos_t, pos_t_tma = _pos_operand(pos_exp, transposed=True)  # the q, k, v backward's transposed tiles
-        tables = _tables(offsets, num_targets, pos, time_table, timestamps, next_ts)
-        tables_t = _tables(offsets, num_targets, pos_t, time_table, timestamps, next_ts)
+        tables = _tables(offsets, num_targets, pos_exp, time_table, timestamps, next_ts)
         scalars = _scalars(alpha, scale_len, max_len)
         shape = _shape_args(num_contextual, window, time_table, num_heads, max_len)
         in_strides = [q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -1196,11 +1149,11 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         k_desc, v_desc, kv_ok = _head_descriptors(k, v, meta)
         qo_tma = qo_ok and (split or _QO_TMA_FUSED)
         qo_args = [q_desc, do_desc] if qo_tma else [q, do]
-        args = [q, k, v, do, dq, dq_desc or dq, *qo_args, dk, dv, *tables_t, *in_strides, dq.stride(0),
-                dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), *scalars, *shape]
+        args = [q, k, v, do, dq, dq_desc or dq, *qo_args, dk, dv, *tables, *in_strides, dq.stride(0), dq.stride(1),
+                dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), *scalars, *shape]
         tile_major = _tile_major(batch * num_heads)
         grid = partial(_grid, batch * num_heads, max_len, "BLOCK_N", tile_major)
-        bwd_meta = meta | {"TILE_MAJOR": tile_major, "DQ_TMA": dq_tma, "QO_TMA": qo_tma, "POS_TMA": pos_t_tma}
+        bwd_meta = meta | {"TILE_MAJOR": tile_major, "DQ_TMA": dq_tma, "QO_TMA": qo_tma}
         if split:
             for part in ({"WITH_DK": False, "WITH_DV": True}, {"WITH_DK": True, "WITH_DV": False}):
                 _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args,

@@ -260,12 +260,11 @@ def test_backward_split_for_wide_heads(query_blocks, monkeypatch):
 @pytest.mark.parametrize("tma", [True, False])
 @pytest.mark.parametrize("split", [False, True])
 def test_tiles_loaded_by_descriptor_or_pointer(tma, split, monkeypatch):
-    """Unmasked tiles load K, V (forward, dQ pass), Q, dO (q, k, v backward) or all four (bias backward),
-    and every tile its positional bias, through TMA descriptors (emulated by the interpreter) or pointers;
-    sequences of several tiles have both kinds of tile, and partial last tiles.
+    """Unmasked tiles load K, V (forward, dQ pass), Q, dO (q, k, v backward) or all four (bias backward)
+    through TMA descriptors (emulated by the interpreter) or pointers; sequences of several tiles have both
+    kinds of tile, and partial last tiles.
     """
     monkeypatch.setattr(triton_mod, "_HEAD_TMA", tma)
-    monkeypatch.setattr(triton_mod, "_POS_TMA", tma)
     monkeypatch.setattr(triton_mod, "_QO_TMA_FUSED", True)  # Q, dO by TMA in the fused backward too
     if split:
         monkeypatch.setattr(triton_mod, "_SPLIT_BWD_ABOVE", 0)

@@ -208,27 +208,35 @@ def time_gather(Table, codes, FAST: tl.constexpr):
         return tl.load(time_slot(Table, codes))
 
 
-#: ``red.global.add.f32`` of ``$4`` to the fp32 at ``base + 4 * code`` where ``$2`` is non-zero.
-_SCATTER_ADD_ASM: tl.constexpr = tl.constexpr(
-    "{ .reg .pred p; .reg .u64 a; setp.ne.s32 p, $2, 0; mad.wide.s32 a, $1, 4, $3; "
-    "@p red.global.add.f32 [a], $4; mov.u32 $0, 0; }"
+#: At a run end (``$3`` non-zero): ``red.global.add.f32`` of ``$4`` at code ``$1`` and of ``-$4`` at code ``$2``
+#: (``base`` ``$5``), a negative code adding zero to bucket 0 instead. Both atomics sit behind one branch:
+#: ptxas turns a predicated global atomic into a branch around it anyway (a convergence region per element).
+_RUN_END_ADD_ASM: tl.constexpr = tl.constexpr(
+    "{ .reg .pred p, q; .reg .u64 a; .reg .b32 c; .reg .f32 w; "
+    "setp.eq.s32 p, $3, 0; @p bra SKIP; "
+    f"setp.lt.s32 q, $1, 0; selp.b32 c, {TIME_CODE0.value}, $1, q; selp.f32 w, 0f00000000, $4, q; "
+    "mad.wide.s32 a, c, 4, $5; red.global.add.f32 [a], w; "
+    f"setp.lt.s32 q, $2, 0; selp.b32 c, {TIME_CODE0.value}, $2, q; neg.f32 w, $4; selp.f32 w, 0f00000000, w, q; "
+    "mad.wide.s32 a, c, 4, $5; red.global.add.f32 [a], w; "
+    "SKIP: mov.u32 $0, 0; }"
 )
 
 
 @triton.jit
-def time_scatter_add(Table, codes, values, mask, FAST: tl.constexpr):
-    """Add ``values`` where ``mask`` to a lookup table's entries at bucket ``codes`` (see ``time_slot``).
+def time_run_end_add(Table, label, next_label, values, end, FAST: tl.constexpr):
+    """Where ``end``: add ``values`` at bucket ``label`` and subtract them at ``next_label`` (see ``time_slot``).
 
-    FAST adds in inline PTX: each element's address is formed next to its atomic from the 32-bit code,
-    where ``tl.atomic_add`` takes a tensor of 64-bit pointers that stays live in registers (two per
-    element) until the atomics run.
+    The two atomics of a run boundary in the temporal gradient's telescoping sums; a negative label (a
+    masked pair) receives nothing. FAST adds in inline PTX (``_RUN_END_ADD_ASM``): each address is formed
+    next to its atomic from the 32-bit code, and only where some lane of the warp ends a run.
     """
     if FAST:
         base = (Table + 1 - TIME_CODE0).to(tl.int64)
-        tl.inline_asm_elementwise(_SCATTER_ADD_ASM, "=r,r,r,l,r", [codes, mask.to(tl.int32), base, values],
+        tl.inline_asm_elementwise(_RUN_END_ADD_ASM, "=r,r,r,r,r,l", [label, next_label, end.to(tl.int32), values, base],
                                   dtype=tl.int32, is_pure=False, pack=1)
     else:
-        tl.atomic_add(time_slot(Table, codes), values, mask=mask, sem="relaxed")
+        tl.atomic_add(time_slot(Table, label), values, mask=end & (label >= 0), sem="relaxed")
+        tl.atomic_add(time_slot(Table, next_label), -values, mask=end & (next_label >= 0), sem="relaxed")
 
 
 @triton.jit

@@ -39,7 +39,7 @@ from gr_lightning.ops.triton._common import silu_half_grad2 as _silu_half_grad2
 from gr_lightning.ops.triton._common import time_code as _time_code
 from gr_lightning.ops.triton._common import time_gather as _time_gather
 from gr_lightning.ops.triton._common import time_lookup_table as _time_lookup_table
-from gr_lightning.ops.triton._common import time_scatter_add as _time_scatter_add
+from gr_lightning.ops.triton._common import time_run_end_add as _time_run_end_add
 
 #: Tests set this to a float (NaN) so that outputs start poisoned and unwritten elements show.
 _POISON: float | None = None
@@ -645,8 +645,7 @@ def _time_grad(DTime, ds, codes, ok, next_f, ts_f_next, ok_next, FAST_LOG: tl.co
     next_codes = _time_code(next_f[:, None] - ts_f_next[None, :], FAST_LOG)  # key n + 1
     next_label = tl.where(ok_next & ~last, next_codes, -1)
     end = (label != next_label) | last
-    _time_scatter_add(DTime, label, prefix, end & (label >= 0), FAST_LOG)
-    _time_scatter_add(DTime, next_label, -prefix, end & (next_label >= 0), FAST_LOG)
+    _time_run_end_add(DTime, label, next_label, prefix, end, FAST_LOG)
 
 
 @triton.jit

@@ -52,9 +52,10 @@ def silu_half(h, FAST: tl.constexpr):
     """``SiLU(s)`` of a score ``s`` given as its half ``h = s / 2`` (Eq. 2's ``phi``).
 
     ``sigmoid(s) = (1 + tanh(s / 2)) / 2``, so ``SiLU(s) = h * tanh(h) + h``: with FAST one ``tanh.approx``
-    and one FMA, instead of ex2 + rcp with range fix-ups. The kernels fold the half into ``alpha`` and the
-    bias tables (halving is exact), which saves two multiplies per pair. They take FAST for bf16 and fp16
-    inputs, forward and backward alike: the ~5e-4 relative error is below their rounding. (A packed
+    and one FMA, instead of ex2 + rcp with range fix-ups. The kernels fold the half into ``alpha`` and
+    into the bias terms they add (halving is exact), which saves two multiplies per pair. They take FAST
+    for bf16 and fp16 inputs, forward and backward alike: the ~5e-4 relative error is below their
+    rounding. (A packed
     ``tanh.approx.bf16x2`` measured no faster on the H100 at 32x4096; see benchmarks/NOTES-kernels.md.)
     Without FAST: the exact ``s * sigmoid(s)``.
     """

@@ -5,6 +5,9 @@
 tile's contribution is final once it is added. Fully masked tiles are never visited (causal: the lower
 triangle; with a window: the band plus the contextual columns and the candidate rows).
 
+The kernels compute half scores ``S / 2``, whose SiLU is one ``tanh`` and one FMA (``silu_half``), and load
+the streamed operands of unmasked tiles by TMA on Hopper (``_head_descriptors``).
+
 The backward recomputes ``S = alpha * Q K^T + bias`` per tile and iterates over query tiles for a fixed
 key tile (accumulating dK, dV in registers; dQ by fp32 atomics). Wide heads (d = 256) split it into a
 dV pass, a dK pass and a dQ pass over query tiles, each holding one accumulator. The bias-table gradients come from a
@@ -203,13 +206,13 @@ def _key_tile_scores(q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_
         rows = (seq_start + offs_n).to(tl.int64)
         k, v = _load_kv_tile(K, V, rows, offs_n < seq_len, stride_kn, stride_vn, offs_dqk, offs_dv, D_QK, D_V,
                              BLOCK_DQK, BLOCK_DV, MASKED)
-    h = _dot(q, tl.trans(k), PREC, UPCAST) * half_alpha  # (BLOCK_M, BLOCK_N)
+    hs = _dot(q, tl.trans(k), PREC, UPCAST) * half_alpha  # (BLOCK_M, BLOCK_N)
     if HAS_POS:
-        h += 0.5 * _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
+        hs += 0.5 * _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, False)
     if HAS_TIME:
         ts_f = _rel_times(Ts, seq_start, offs_n, seq_len, origin, HAS_TIME)  # (BLOCK_N,)
-        h += 0.5 * _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)[0]
-    return h, k, v
+        hs += 0.5 * _time_tile(TimeBias, next_f, ts_f, FAST_LOG, False)[0]
+    return hs, k, v
 
 
 @triton.jit
@@ -384,12 +387,12 @@ def _scores_t(k, q, PosE, TimeBias, next_f, ts_f, offs_m, start_n, half_alpha, p
               HAS_TIME: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, FAST_LOG: tl.constexpr,
               BLOCK_N: tl.constexpr):
     """Half scores ``S^T / 2 = (alpha * K Q^T + bias^T) / 2``, ``(BLOCK_N, BLOCK_M)`` (see ``silu_half``)."""
-    h = _dot(k, tl.trans(q), PREC, UPCAST) * half_alpha  # (BLOCK_N, BLOCK_M)
+    hs = _dot(k, tl.trans(q), PREC, UPCAST) * half_alpha  # (BLOCK_N, BLOCK_M)
     if HAS_POS:
-        h += 0.5 * _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, True)
+        hs += 0.5 * _pos_tile(PosE, offs_m, start_n, pos_center, BLOCK_N, True)
     if HAS_TIME:
-        h += 0.5 * _time_tile(TimeBias, next_f, ts_f, FAST_LOG, True)[0]
-    return h
+        hs += 0.5 * _time_tile(TimeBias, next_f, ts_f, FAST_LOG, True)[0]
+    return hs
 
 
 @triton.jit
@@ -674,9 +677,8 @@ def _pos_grad(DPos, acc, rel0, scale_len, BLOCK_M: tl.constexpr, BLOCK_N: tl.con
 
 @triton.jit
 def _bias_grad_tile(Q, K, V, DO, QDesc, KDesc, VDesc, DODesc, Ts, NextTs, PosE, TimeBias, DTime, start_m, start_n,
-                    seq_start, seq_len,
-                    hist_end, stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don,
-                    stride_doh, alpha, inv_scale, pos_center, num_contextual, window, H, offs_dqk, offs_dv,
+                    seq_start, seq_len, hist_end, stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh,
+                    stride_don, stride_doh, alpha, inv_scale, pos_center, num_contextual, window, H, offs_dqk, offs_dv,
                     D_QK: tl.constexpr, D_V: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
                     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr,

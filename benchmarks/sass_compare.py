@@ -2,7 +2,8 @@
 
 Compiles ``_hstu_fwd_kernel`` and the fused ``_hstu_bwd_kernel`` (bf16, d=128, no masks; no bias and both
 tables; element dQ atomics), and the three backward passes of d=256 heads, of each revision's
-``gr_lightning`` with the installed Triton for sm_90. Disassembles them with the ``nvdisasm`` bundled
+``gr_lightning`` with the installed Triton for sm_90, with the TMA descriptors the runtime passes where a
+revision has them (K, V in the forward and the dQ pass, Q, dO in the d=256 passes). Disassembles them with the ``nvdisasm`` bundled
 with Triton and reports per kernel whether the instruction sequences are identical, identical up to
 register names, or different (with the changed opcode counts). A check that a refactor left
 already-timed kernels alone; not a timing::
@@ -26,7 +27,7 @@ from pathlib import Path
 #: (``best_*_config`` in ``results/attention_h100_inv_scale.json``).
 _BASE = dict(D_QK=128, D_V=128, BLOCK_DQK=128, BLOCK_DV=128, HAS_TARGETS=False, HAS_CONTEXT=False,
              HAS_WINDOW=False, PREC="tf32", UPCAST=False, FAST=True, FAST_LOG=True, TILE_MAJOR=True,
-             DQ_TMA=False, WITH_DK=True, WITH_DV=True, WITH_DQ=True)
+             DQ_TMA=False, WITH_DK=True, WITH_DV=True, WITH_DQ=True, KV_TMA=True, QO_TMA=False)
 _NO_BIAS = dict(HAS_POS=False, HAS_TIME=False)
 _BOTH = dict(HAS_POS=True, HAS_TIME=True)
 _VARIANTS = [
@@ -39,12 +40,16 @@ _VARIANTS = [
 #: ``results/layer_h100_silu_split.json``.
 _WIDE = dict(_NO_BIAS, D_QK=256, D_V=256, BLOCK_DQK=256, BLOCK_DV=256, BLOCK_M=64, BLOCK_N=64)
 _VARIANTS += [
-    ("bwd_dv_d256", "bwd", dict(_WIDE, WITH_DK=False, WITH_DQ=False), 4, 2),
-    ("bwd_dk_d256", "bwd", dict(_WIDE, WITH_DV=False, WITH_DQ=False), 4, 2),
+    ("bwd_dv_d256", "bwd", dict(_WIDE, WITH_DK=False, WITH_DQ=False, QO_TMA=True), 4, 2),
+    ("bwd_dk_d256", "bwd", dict(_WIDE, WITH_DV=False, WITH_DQ=False, QO_TMA=True), 4, 2),
     ("dq_d256", "dq", _WIDE, 8, 2),
 ]
 _POINTERS = {"Offsets": "*i64", "NumTargets": "*i64", "Ts": "*i64", "NextTs": "*i64", "TimeBias": "*fp32",
              "DQ": "*fp32"}
+#: TMA descriptor arguments (revisions since session 8): the constant that turns each on, and its tile rows
+#: and columns as the runtime's ``_descriptor_block_hook`` sets them.
+_DESCRIPTORS = {"KDesc": ("KV_TMA", "BLOCK_N", "BLOCK_DQK"), "VDesc": ("KV_TMA", "BLOCK_N", "BLOCK_DV"),
+                "QDesc": ("QO_TMA", "BLOCK_M", "BLOCK_DQK"), "DODesc": ("QO_TMA", "BLOCK_M", "BLOCK_DV")}
 
 
 def _dump(out_dir: str) -> None:
@@ -68,6 +73,9 @@ def _dump(out_dir: str) -> None:
         for i, arg in enumerate(kern.arg_names):
             if arg in consts:
                 sig[arg] = "constexpr"
+            elif arg in _DESCRIPTORS and consts.get(_DESCRIPTORS[arg][0]):
+                _, rows, cols = _DESCRIPTORS[arg]
+                sig[arg] = f"tensordesc<bf16[{consts[rows]}, {consts[cols]}]>"
             elif arg[0].isupper() and arg not in ("H", "MAX_LEN_BUCKET"):
                 sig[arg] = _POINTERS.get(arg, "*bf16")
                 attrs[(i,)] = [["tt.divisibility", 16]]

@@ -3,9 +3,9 @@
 Compiles ``_hstu_fwd_kernel`` and the fused ``_hstu_bwd_kernel`` (bf16, d=128, no masks; no bias and both
 tables; element dQ atomics), and the three backward passes of d=256 heads, of each revision's
 ``gr_lightning`` with the installed Triton for sm_90, with the TMA descriptors the runtime passes where a
-revision has them (K, V in the forward and the dQ pass, Q, dO in the d=256 passes). Disassembles them with the ``nvdisasm`` bundled
-with Triton and reports per kernel whether the instruction sequences are identical, identical up to
-register names, or different (with the changed opcode counts). A check that a refactor left
+revision has them (K, V in the forward and the dQ pass, Q, dO in the d=256 passes). Disassembles them
+with the ``nvdisasm`` bundled with Triton and reports per kernel whether the instruction sequences are
+identical, identical up to register names, or different (with the changed opcode counts). A check that a refactor left
 already-timed kernels alone; not a timing::
 
     python benchmarks/sass_compare.py 545abbc HEAD

@@ -86,6 +86,17 @@ def _allowed(i, j, seq_len, hist_end, num_contextual, window,
 
 
 @triton.jit
+def _zero_disallowed(x, offs_m, offs_n, seq_len, hist_end, num_contextual, window, MASKED: tl.constexpr,
+                     HAS_TARGETS: tl.constexpr, HAS_CONTEXT: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """``x`` ``(BLOCK_M, BLOCK_N)`` with the pairs ``_allowed`` rejects set to zero; unchanged unless MASKED."""
+    if MASKED:
+        ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
+                      HAS_CONTEXT, HAS_WINDOW)
+        x = tl.where(ok, x, 0.0)
+    return x
+
+
+@triton.jit
 def _rel_times(Ts, seq_start, pos, seq_len, origin, HAS_TIME: tl.constexpr):
     """Times of the sequence's rows ``pos`` relative to ``origin``, as float32 within ``+-TIME_LIMIT``.
 
@@ -232,11 +243,8 @@ def _fwd_tile(acc, q, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_f,
                                 start_n, seq_start, seq_len, stride_kn, stride_vn, half_alpha, pos_center, offs_dqk,
                                 offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, MASKED, HAS_POS, HAS_TIME, PREC,
                                 UPCAST, FAST_LOG, KV_TMA)
-    a = _silu_half(hs, FAST)
-    if MASKED:
-        ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
-                      HAS_CONTEXT, HAS_WINDOW)
-        a = tl.where(ok, a, 0.0)
+    a = _zero_disallowed(_silu_half(hs, FAST), offs_m, offs_n, seq_len, hist_end, num_contextual, window, MASKED,
+                         HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW)
     acc += _dot(a.to(v.dtype), v, PREC, UPCAST)
     return acc
 
@@ -558,11 +566,8 @@ def _dq_tile(dq, q, do, K, V, KDesc, VDesc, h, Ts, origin, PosE, TimeBias, next_
                                 offs_dv, D_QK, D_V, BLOCK_DQK, BLOCK_DV, BLOCK_N, MASKED, HAS_POS, HAS_TIME, PREC,
                                 UPCAST, FAST_LOG, KV_TMA)
     da = _dot(do, tl.trans(v), PREC, UPCAST)  # (BLOCK_M, BLOCK_N) = dA
-    ds = _silu_half_grad2(da, hs, FAST)  # 2 dS
-    if MASKED:
-        ok = _allowed(offs_m[:, None], offs_n[None, :], seq_len, hist_end, num_contextual, window, HAS_TARGETS,
-                      HAS_CONTEXT, HAS_WINDOW)
-        ds = tl.where(ok, ds, 0.0)
+    ds = _zero_disallowed(_silu_half_grad2(da, hs, FAST), offs_m, offs_n, seq_len, hist_end, num_contextual,
+                          window, MASKED, HAS_TARGETS, HAS_CONTEXT, HAS_WINDOW)  # 2 dS
     dq += _dot(ds.to(k.dtype), k, PREC, UPCAST)
     return dq
 

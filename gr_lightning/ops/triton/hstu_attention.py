@@ -292,6 +292,24 @@ def _sequence(Offsets, NumTargets, b, HAS_TARGETS: tl.constexpr):
 
 
 @triton.jit
+def _query_tile(Offsets, NumTargets, H, HAS_TARGETS: tl.constexpr, TILE_MAJOR: tl.constexpr,
+                BLOCK_M: tl.constexpr):
+    """This program's head, sequence (start, length, history end) and first query row (``_grid``).
+
+    Longest rows first: query tile m needs ~m key tiles, so the heaviest programs start first. TILE_MAJOR
+    puts a (sequence, head)'s tiles side by side, so that they share its K, V in L2.
+    """
+    if TILE_MAJOR:
+        pid_bh = tl.program_id(1)
+        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        pid_bh = tl.program_id(0)
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    seq_start, seq_len, hist_end = _sequence(Offsets, NumTargets, pid_bh // H, HAS_TARGETS)
+    return pid_bh % H, seq_start, seq_len, hist_end, pid_m * BLOCK_M
+
+
+@triton.jit
 def _hstu_fwd_kernel(
     Q, K, V, Out, Offsets, NumTargets, PosE, TimeBias, Ts, NextTs, KDesc, VDesc,
     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
@@ -302,17 +320,7 @@ def _hstu_fwd_kernel(
     UPCAST: tl.constexpr, FAST_LOG: tl.constexpr, KV_TMA: tl.constexpr,
     TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # Longest rows first: query tile m needs ~m key tiles, so the heaviest programs start first.
-    if TILE_MAJOR:  # a (sequence, head)'s tiles run side by side and share its K, V in L2
-        pid_bh = tl.program_id(1)
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        pid_bh = tl.program_id(0)
-        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    seq_start, seq_len, hist_end = _sequence(Offsets, NumTargets, b, HAS_TARGETS)
-    start_m = pid_m * BLOCK_M
+    h, seq_start, seq_len, hist_end, start_m = _query_tile(Offsets, NumTargets, H, HAS_TARGETS, TILE_MAJOR, BLOCK_M)
     if start_m >= seq_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -584,16 +592,8 @@ def _hstu_dq_kernel(
     TILE_MAJOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # The forward's walk over key tiles (same order, grid and masks), with dS @ K in place of A @ V: no
-    # atomics. The grid order is spelled out as in the forward, whose code is kept as it was timed.
-    if TILE_MAJOR:
-        pid_bh = tl.program_id(1)
-        pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        pid_bh = tl.program_id(0)
-        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    h = pid_bh % H
-    seq_start, seq_len, hist_end = _sequence(Offsets, NumTargets, pid_bh // H, HAS_TARGETS)
-    start_m = pid_m * BLOCK_M
+    # atomics.
+    h, seq_start, seq_len, hist_end, start_m = _query_tile(Offsets, NumTargets, H, HAS_TARGETS, TILE_MAJOR, BLOCK_M)
     if start_m >= seq_len:
         return
     offs_m = start_m + tl.arange(0, BLOCK_M)

@@ -55,9 +55,8 @@ def silu_half(h, FAST: tl.constexpr):
     and one FMA, instead of ex2 + rcp with range fix-ups. The kernels fold the half into ``alpha`` and
     into the bias terms they add (halving is exact), which saves two multiplies per pair. They take FAST
     for bf16 and fp16 inputs, forward and backward alike: the ~5e-4 relative error is below their
-    rounding. (A packed
-    ``tanh.approx.bf16x2`` measured no faster on the H100 at 32x4096; see benchmarks/NOTES-kernels.md.)
-    Without FAST: the exact ``s * sigmoid(s)``.
+    rounding. (A packed ``tanh.approx.bf16x2`` measured no faster on the H100 at 32x4096; see
+    benchmarks/NOTES-kernels.md.) Without FAST: the exact ``s * sigmoid(s)``.
     """
     if FAST:
         return h * _tanh_approx(h) + h

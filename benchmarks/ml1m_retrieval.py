@@ -20,13 +20,19 @@ per-config ``summary``: mean, sample standard deviation, standard error and n of
 share the GPU (``concurrent_runs`` > 1) do not measure solo epoch times: their seconds per epoch are labelled
 "concurrent" here and in ``results_table.py``.
 
-Two such files are compared per metric (mean(A) - mean(B), Welch standard error and a 95% Student-t
-interval with Welch-Satterthwaite degrees of freedom) against an equivalence margin:
+Two such files are compared per config and metric against an equivalence margin:
 
     python benchmarks/ml1m_retrieval.py --compare A.json B.json [--tolerance 0.005]
 
-"Supported" means the whole interval lies inside +-tolerance, "contradicted" that it lies wholly outside,
-"undecided" anything else, including fewer than two successful seeds on either side (no spread estimate).
+The primary analysis pairs the runs by seed: over the seeds that succeeded in both files, the mean of the
+per-seed differences A - B, their sample standard deviation, standard error sd / sqrt(n) and a 95% Student-t
+interval with n - 1 degrees of freedom. Both kernels take a seed's initial weights and batch order, so the
+part of the seed-to-seed spread those cause cancels in each difference; seeds that succeeded in one file only
+are left out of it (and listed). Beside it, a Welch comparison of all successful seeds of each file:
+mean(A) - mean(B), Welch standard error and a 95% Student-t interval with Welch-Satterthwaite degrees of
+freedom. For both, "supported" means the whole interval lies inside +-tolerance, "contradicted" that it
+lies wholly outside, "undecided" anything else, including fewer than two pairs, or fewer than two successful
+seeds on either side (no spread estimate).
 
 ``--resume`` keeps the successful runs already in ``--out`` (made with the same settings) and runs only the
 missing or failed (config, seed) pairs, e.g. after a time limit stopped the first invocation.
@@ -48,6 +54,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 METRICS = ("hr_1", "hr_10", "hr_50", "hr_200", "ndcg_10", "ndcg_50", "ndcg_200", "mrr")
 _SEED_RANGE = (0, 2**32 - 1)  # Lightning's seed_everything silently draws a random seed outside this range
@@ -192,6 +199,21 @@ def _summaries(runs: list[dict]) -> dict[str, dict]:
     return out
 
 
+def _interval_verdict(diff: float, se: float, df: float, tolerance: float) -> dict:
+    """The 95% Student-t interval ``diff +- t(0.975, df) * se`` and its verdict against +-``tolerance``."""
+    from scipy.stats import t as student_t
+
+    half = student_t.ppf(0.975, df) * se
+    lo, hi = diff - half, diff + half
+    if -tolerance <= lo and hi <= tolerance:
+        verdict, reason = "supported", f"95% interval inside +-{tolerance:g}"
+    elif lo > tolerance or hi < -tolerance:
+        verdict, reason = "contradicted", f"95% interval outside +-{tolerance:g}"
+    else:
+        verdict, reason = "undecided", f"95% interval overlaps the +-{tolerance:g} boundary"
+    return {"se": se, "df": df, "ci95": [lo, hi], "verdict": verdict, "reason": reason}
+
+
 def _compare_stats(a: dict, b: dict, tolerance: float) -> dict:
     """Welch comparison of two ``_stats``: the difference of means, its SE, df, 95% interval and the verdict."""
     row = {"mean_a": a["mean"], "n_a": a["n"], "mean_b": b["mean"], "n_b": b["n"],
@@ -199,38 +221,69 @@ def _compare_stats(a: dict, b: dict, tolerance: float) -> dict:
     if a["n"] < 2 or b["n"] < 2:
         return {**row, "se": None, "df": None, "ci95": None, "verdict": "undecided",
                 "reason": "fewer than 2 successful seeds on a side: no standard error"}
-    from scipy.stats import t as student_t
-
     va, vb = a["se"] ** 2, b["se"] ** 2
-    se = math.sqrt(va + vb)
     denominator = va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1)
     df = (va + vb) ** 2 / denominator if denominator > 0 else a["n"] + b["n"] - 2  # Welch-Satterthwaite
-    half = student_t.ppf(0.975, df) * se
-    lo, hi = row["diff"] - half, row["diff"] + half
-    if -tolerance <= lo and hi <= tolerance:
-        verdict, reason = "supported", f"95% interval inside +-{tolerance:g}"
-    elif lo > tolerance or hi < -tolerance:
-        verdict, reason = "contradicted", f"95% interval outside +-{tolerance:g}"
-    else:
-        verdict, reason = "undecided", f"95% interval overlaps the +-{tolerance:g} boundary"
-    return {**row, "se": se, "df": df, "ci95": [lo, hi], "verdict": verdict, "reason": reason}
+    return {**row, **_interval_verdict(row["diff"], math.sqrt(va + vb), df, tolerance)}
 
 
-def compare(a: dict, b: dict, tolerance: float = 0.005) -> dict[str, dict[str, dict]]:
-    """Compare two result files config by config and metric by metric.
+def _paired_stats(a: list[float], b: list[float], tolerance: float) -> dict:
+    """Paired comparison of one metric over seeds that succeeded in both files (``a[i]`` and ``b[i]``: one seed).
+
+    Args:
+        a: File A's values, one per paired seed.
+        b: File B's values for the same seeds, in the same order.
+        tolerance: Equivalence margin on |mean(A - B)|.
+
+    Returns:
+        n pairs, the means of A and B over those seeds, the mean ``diff`` and sample ``sd`` of the differences,
+        ``se = sd / sqrt(n)``, ``df = n - 1``, the 95% interval and the verdict.
+    """
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    row = {"n": n, "mean_a": statistics.fmean(a) if n else None, "mean_b": statistics.fmean(b) if n else None,
+           "diff": statistics.fmean(diffs) if n else None}
+    if n < 2:
+        return {**row, "sd": None, "se": None, "df": None, "ci95": None, "verdict": "undecided",
+                "reason": f"{n} seed(s) succeeded in both files, fewer than 2: no standard error"}
+    sd = statistics.stdev(diffs)
+    return {**row, "sd": sd, **_interval_verdict(row["diff"], sd / math.sqrt(n), n - 1, tolerance)}
+
+
+def _successful_by_seed(runs: list[dict], config: str) -> dict[int, dict]:
+    """One config's successful runs keyed by seed; runs without a recorded seed cannot be paired and are left out.
+
+    Raises:
+        ValueError: A seed succeeded twice for the config (which of the two to pair would be arbitrary).
+    """
+    out: dict[int, dict] = {}
+    for r in runs:
+        if r["config"] != config or r.get("failed") or r.get("seed") is None:
+            continue
+        if r["seed"] in out:
+            raise ValueError(f"{config}: seed {r['seed']} succeeded twice in one file; cannot pair it")
+        out[r["seed"]] = r
+    return out
+
+
+def compare(a: dict, b: dict, tolerance: float = 0.005) -> dict[str, dict[str, Any]]:
+    """Compare two result files config by config and metric by metric, paired by seed and by Welch.
 
     Configs are paired by name; two files of one config each are paired whatever their names.
 
     Args:
         a: Result JSON A.
         b: Result JSON B.
-        tolerance: Equivalence margin on |mean(A) - mean(B)|.
+        tolerance: Equivalence margin on the difference A - B.
 
     Returns:
-        ``{config: {metric: _compare_stats row}}``; the config key is A's name.
+        ``{config: {"paired": {metric: _paired_stats row}, "paired_seeds": [...], "a_only_seeds": [...],
+        "b_only_seeds": [...], "welch": {metric: _compare_stats row}}}``; the config key is A's name. The
+        paired rows use the seeds that succeeded in both files; the ``*_only_seeds`` succeeded in one file
+        only (absent or failed in the other). The Welch rows use every successful run of each file.
 
     Raises:
-        ValueError: No config to pair.
+        ValueError: No config to pair, or a seed that succeeded twice for one config of a file.
     """
     sa, sb = _summaries(a["runs"]), _summaries(b["runs"])
     pairs = [(c, c) for c in sa if c in sb]
@@ -238,12 +291,29 @@ def compare(a: dict, b: dict, tolerance: float = 0.005) -> dict[str, dict[str, d
         pairs = [(next(iter(sa)), next(iter(sb)))]
     if not pairs:
         raise ValueError(f"no config to compare: A has {sorted(sa)}, B has {sorted(sb)}")
-    return {ca: {k: _compare_stats(sa[ca]["test"][k], sb[cb]["test"][k], tolerance) for k in METRICS}
-            for ca, cb in pairs}
+    out = {}
+    for ca, cb in pairs:
+        by_a, by_b = _successful_by_seed(a["runs"], ca), _successful_by_seed(b["runs"], cb)
+        seeds = sorted(by_a.keys() & by_b.keys())
+        out[ca] = {
+            "paired": {k: _paired_stats([by_a[s]["test"][k] for s in seeds], [by_b[s]["test"][k] for s in seeds],
+                                        tolerance) for k in METRICS},
+            "paired_seeds": seeds,
+            "a_only_seeds": sorted(by_a.keys() - by_b.keys()),
+            "b_only_seeds": sorted(by_b.keys() - by_a.keys()),
+            "welch": {k: _compare_stats(sa[ca]["test"][k], sb[cb]["test"][k], tolerance) for k in METRICS},
+        }
+    return out
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _interval_cells(r: dict) -> tuple[str, str]:
+    """The signed difference and the 95% interval of a comparison row as table cells."""
+    diff = "-" if r["diff"] is None else f"{r['diff']:+.4f}"
+    return diff, "-" if r["ci95"] is None else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]"
 
 
 def _print_compare(path_a: str, path_b: str, tolerance: float) -> None:
@@ -254,13 +324,24 @@ def _print_compare(path_a: str, path_b: str, tolerance: float) -> None:
     for key in ("data", "epochs"):
         if a.get(key) != b.get(key):
             print(f"warning: the files differ in {key}: {a.get(key)!r} vs {b.get(key)!r}")
-    print("95% interval: diff +- t(0.975, Welch df) * sqrt(se_A^2 + se_B^2)")
-    for config, rows in compare(a, b, tolerance).items():
-        print(f"\n{config}\n{'metric':9} {'mean A':>7} {'nA':>3} {'mean B':>7} {'nB':>3} {'A-B':>8} {'SE':>7} "
-              f"{'df':>5} {'95% interval':>20}  verdict (|A-B| <= {tolerance:g})")
-        for metric, r in rows.items():
-            ci = "-" if r["ci95"] is None else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]"
-            diff = "-" if r["diff"] is None else f"{r['diff']:+.4f}"
+    verdict_head = f"verdict (|A-B| <= {tolerance:g})"
+    for config, result in compare(a, b, tolerance).items():
+        seeds = result["paired_seeds"]
+        print(f"\n{config}\npaired by seed: {len(seeds)} pairs, seeds {seeds}; successful in A only: "
+              f"{result['a_only_seeds']}, in B only: {result['b_only_seeds']} (not paired)")
+        print("95% interval: mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n), d = A - B of one seed")
+        print(f"{'metric':9} {'mean A':>7} {'mean B':>7} {'mean d':>8} {'sd(d)':>7} {'SE':>7} {'df':>5} "
+              f"{'95% interval':>20}  {verdict_head}")
+        for metric, r in result["paired"].items():
+            diff, ci = _interval_cells(r)
+            print(f"{metric:9} {_fmt(r['mean_a']):>7} {_fmt(r['mean_b']):>7} {diff:>8} {_fmt(r['sd']):>7} "
+                  f"{_fmt(r['se']):>7} {_fmt(r['df'], 1):>5} {ci:>20}  {r['verdict']}: {r['reason']}")
+        print("\nWelch, every successful seed of each file")
+        print("95% interval: diff +- t(0.975, Welch df) * sqrt(se_A^2 + se_B^2)")
+        print(f"{'metric':9} {'mean A':>7} {'nA':>3} {'mean B':>7} {'nB':>3} {'A-B':>8} {'SE':>7} "
+              f"{'df':>5} {'95% interval':>20}  {verdict_head}")
+        for metric, r in result["welch"].items():
+            diff, ci = _interval_cells(r)
             print(f"{metric:9} {_fmt(r['mean_a']):>7} {r['n_a']:3d} {_fmt(r['mean_b']):>7} {r['n_b']:3d} {diff:>8} "
                   f"{_fmt(r['se']):>7} {_fmt(r['df'], 1):>5} {ci:>20}  {r['verdict']}: {r['reason']}")
 

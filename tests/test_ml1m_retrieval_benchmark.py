@@ -11,6 +11,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
@@ -113,18 +114,19 @@ def test_compare_interval_and_verdicts_on_hand_computed_cases(tmp_path):
     a = json.loads(_file(tmp_path / "a.json", [0.340, 0.341, 0.342]).read_text())
     se = math.sqrt(2 * (0.001 / math.sqrt(3)) ** 2)  # both sides: sd 0.001, n 3
     close = bench.compare(a, json.loads(_file(tmp_path / "b.json", [0.339, 0.340, 0.341]).read_text()))
-    row = close["conf/ml-1m/hstu-large.yaml"]["hr_10"]
+    row = close["conf/ml-1m/hstu-large.yaml"]["welch"]["hr_10"]
     assert row["diff"] == pytest.approx(0.001) and row["se"] == pytest.approx(se)
     assert row["df"] == pytest.approx(4.0)  # equal n and sd: Welch gives 2(n-1)
     assert row["ci95"] == pytest.approx([0.001 - T_975_DF4 * se, 0.001 + T_975_DF4 * se])
     assert row["verdict"] == "supported"
 
     far = bench.compare(a, json.loads(_file(tmp_path / "c.json", [0.320, 0.321, 0.322]).read_text()))
-    assert far["conf/ml-1m/hstu-large.yaml"]["hr_10"]["verdict"] == "contradicted"
+    assert far["conf/ml-1m/hstu-large.yaml"]["welch"]["hr_10"]["verdict"] == "contradicted"
     noisy = bench.compare(a, json.loads(_file(tmp_path / "d.json", [0.33, 0.34, 0.35]).read_text()))
-    assert noisy["conf/ml-1m/hstu-large.yaml"]["hr_10"]["verdict"] == "undecided"  # interval +-0.016 around 0.001
+    # interval +-0.016 around 0.001
+    assert noisy["conf/ml-1m/hstu-large.yaml"]["welch"]["hr_10"]["verdict"] == "undecided"
     single = bench.compare(a, json.loads(_file(tmp_path / "e.json", [0.341]).read_text()))
-    row = single["conf/ml-1m/hstu-large.yaml"]["hr_10"]
+    row = single["conf/ml-1m/hstu-large.yaml"]["welch"]["hr_10"]
     assert row["verdict"] == "undecided" and row["se"] is None and row["ci95"] is None  # n = 1: no spread at all
 
 
@@ -142,13 +144,100 @@ def test_compare_command_line_prints_each_verdict(tmp_path, capsys):
     b = _file(tmp_path / "b.json", [0.339, 0.340, 0.341], config="conf/ml-1m/hstu-large-copy.yaml", epochs=50)
     bench.main(["--compare", str(a), str(b)])
     out = capsys.readouterr().out
-    lines = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in bench.METRICS}
-    assert set(lines) == set(bench.METRICS)
-    assert "+0.0010" in lines["hr_10"] and "supported" in lines["hr_10"]
+    paired_part, welch_part = out.split("\nWelch, every successful seed of each file\n")
+    assert "paired by seed: 3 pairs, seeds [0, 1, 2]; successful in A only: [], in B only: []" in paired_part
+    assert "mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n)" in paired_part
+    assert welch_part.startswith("95% interval: diff +- t(0.975, Welch df)")
+    for part in (paired_part, welch_part):
+        lines = {line.split()[0]: line for line in part.splitlines() if line.split()
+                 and line.split()[0] in bench.METRICS}
+        assert set(lines) == set(bench.METRICS)
+        assert "+0.0010" in lines["hr_10"] and "supported" in lines["hr_10"]
     assert "warning: the files differ in epochs" in out  # one config each: paired although the names differ
     two_others = {"runs": [_run("other.yaml", 0, 0.3), _run("x.yaml", 0, 0.3)]}
     with pytest.raises(ValueError, match="no config to compare"):
         bench.compare(json.loads(a.read_text()), two_others)
+
+
+def _random_runs(rng: np.random.Generator, seeds: list[int], failed: set[int], config: str = "c.yaml") -> list[dict]:
+    """Runs of ``seeds`` with fresh random test metrics; those in ``failed`` are marked failed (metrics kept, so
+    that pairing them would change the numbers)."""
+    runs = []
+    for s in seeds:
+        test = {k: float(v) for k, v in zip(bench.METRICS, rng.uniform(0.1, 0.6, len(bench.METRICS)), strict=True)}
+        runs.append({"config": config, "seed": s, "test": test, "seconds_per_epoch_median": 1.0,
+                     **({"failed": True, "returncode": 1} if s in failed else {})})
+    return runs
+
+
+def _result(runs: list[dict]) -> dict:
+    return {"runs": runs}
+
+
+def test_paired_statistics_match_hand_computation_over_seeds_in_both_files():
+    rng = np.random.default_rng(20261123)
+    # A: seed 6 failed, 8 only here; B: seed 2 failed, 7 only here. Pairs: seeds 0, 1, 3, 4, 5 (df 4).
+    runs_a = _random_runs(rng, [5, 3, 0, 6, 8, 1, 2, 4], failed={6})  # file order is not seed order
+    runs_b = _random_runs(rng, [0, 1, 2, 3, 4, 5, 6, 7], failed={2})
+    result = bench.compare(_result(runs_a), _result(runs_b))["c.yaml"]
+    assert result["paired_seeds"] == [0, 1, 3, 4, 5]
+    assert result["a_only_seeds"] == [2, 8] and result["b_only_seeds"] == [6, 7]
+    by_a = {r["seed"]: r["test"] for r in runs_a if not r.get("failed")}
+    by_b = {r["seed"]: r["test"] for r in runs_b if not r.get("failed")}
+    for metric in bench.METRICS:
+        d = [by_a[s][metric] - by_b[s][metric] for s in (0, 1, 3, 4, 5)]
+        mean = sum(d) / 5
+        sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 4)
+        row = result["paired"][metric]
+        assert row["n"] == 5 and row["df"] == 4
+        assert row["diff"] == pytest.approx(mean, rel=1e-12)
+        assert row["mean_a"] == pytest.approx(sum(by_a[s][metric] for s in (0, 1, 3, 4, 5)) / 5, rel=1e-12)
+        assert row["mean_b"] == pytest.approx(sum(by_b[s][metric] for s in (0, 1, 3, 4, 5)) / 5, rel=1e-12)
+        assert row["sd"] == pytest.approx(sd, rel=1e-12)
+        assert row["se"] == pytest.approx(sd / math.sqrt(5), rel=1e-12)
+        half = T_975_DF4 * sd / math.sqrt(5)
+        assert row["ci95"] == pytest.approx([mean - half, mean + half], rel=1e-9)
+        assert row["verdict"] == "undecided"  # uniform values on [0.1, 0.6]: an interval far wider than 0.005
+        welch = result["welch"][metric]  # every successful seed of each file, paired or not
+        assert (welch["n_a"], welch["n_b"]) == (7, 7)
+
+
+def test_pairing_decides_where_welch_does_not_when_pairs_are_correlated():
+    rng = np.random.default_rng(7)
+    seeds = list(range(6))
+    seed_effect = rng.normal(0.0, 0.01, len(seeds))  # shared by both files: the spread that pairing removes
+
+    def runs(shift: float) -> list[dict]:
+        noise = rng.normal(0.0, 0.0003, len(seeds))
+        return [{"config": "c.yaml", "seed": s, "seconds_per_epoch_median": 1.0,
+                 "test": {k: 0.34 + shift + seed_effect[s] + noise[s] for k in bench.METRICS}} for s in seeds]
+
+    b = _result(runs(0.0))
+    close = bench.compare(_result(runs(0.001)), b)["c.yaml"]
+    assert close["paired"]["hr_10"]["verdict"] == "supported"
+    assert close["welch"]["hr_10"]["verdict"] == "undecided"
+    assert close["paired"]["hr_10"]["se"] < close["welch"]["hr_10"]["se"] / 5
+    far = bench.compare(_result(runs(0.008)), b)["c.yaml"]
+    assert far["paired"]["hr_10"]["verdict"] == "contradicted"
+    assert far["welch"]["hr_10"]["verdict"] == "undecided"
+
+
+@pytest.mark.parametrize(("seeds_b", "n"), [([2, 3, 4], 1), ([3, 4], 0)])
+def test_fewer_than_two_pairs_is_undecided_with_the_reason(seeds_b, n):
+    rng = np.random.default_rng(n)
+    result = bench.compare(_result(_random_runs(rng, [0, 1, 2], set())), _result(_random_runs(rng, seeds_b, set())))
+    row = result["c.yaml"]["paired"]["hr_10"]
+    assert row["n"] == n and row["verdict"] == "undecided" and "fewer than 2" in row["reason"]
+    assert row["sd"] is None and row["se"] is None and row["ci95"] is None
+    assert (row["diff"] is None) == (n == 0)
+    assert result["c.yaml"]["welch"]["hr_10"]["se"] is not None  # Welch still has two seeds a side
+
+
+def test_a_seed_that_succeeded_twice_cannot_be_paired():
+    rng = np.random.default_rng(3)
+    twice = _random_runs(rng, [0, 1, 1], set())
+    with pytest.raises(ValueError, match="seed 1 succeeded twice"):
+        bench.compare(_result(twice), _result(_random_runs(rng, [0, 1], set())))
 
 
 def _fake_cli(monkeypatch, fail_seeds: set[int]):

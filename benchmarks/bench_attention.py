@@ -90,8 +90,9 @@ def rel_err(x, ref):
 def check(dtype, variant, tol, seed, tuned_split=False):
     """Compare output and every gradient with the float64 reference on a small fresh batch.
 
-    ``tuned_split``: the tuner's configurations (first call, tuning included) and the two-pass backward of
-    wide heads, instead of one fixed configuration and the fused backward.
+    ``tuned_split``: the tuner's configurations (first call, tuning included) and the three-pass backward of
+    wide heads (or the passes of ``--bwd-passes``), instead of one fixed configuration and the backward
+    that ``--bwd-passes`` picks.
     """
     n = 300
     b = make_batch(4, n, 2, 64, 48, dtype, seed=seed, targets=7)
@@ -104,14 +105,15 @@ def check(dtype, variant, tol, seed, tuned_split=False):
     # one fixed tile config: the check is about correctness, and tuning every config for every dtype and
     # mask combination would take minutes of compilation
     fixed = None if tuned_split else {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
-    saved = hstu_mod._FIXED_CONFIG, hstu_mod._SPLIT_BWD_ABOVE
+    saved = hstu_mod._FIXED_CONFIG, hstu_mod._BWD_PASSES
     hstu_mod._FIXED_CONFIG = fixed
-    hstu_mod._SPLIT_BWD_ABOVE = 0 if tuned_split else saved[1]
+    if tuned_split and saved[1] is None:
+        hstu_mod._BWD_PASSES = 3
     try:
         out = hstu_attention(ours["q"], ours["k"], ours["v"], b["offsets"], b["max_len"], **kw_o)
         out.backward(b["dout"])
     finally:
-        hstu_mod._FIXED_CONFIG, hstu_mod._SPLIT_BWD_ABOVE = saved
+        hstu_mod._FIXED_CONFIG, hstu_mod._BWD_PASSES = saved
     ref = ref_attention(refs["q"], refs["k"], refs["v"], b["offsets"], b["max_len"], **kw_r)
     ref.backward(b["dout"].double())
     errs = {"out": rel_err(out, ref)}
@@ -204,7 +206,7 @@ def main():
     parser.add_argument("--check-batches", type=int, default=1, help="fresh random batches per checked dtype")
     parser.add_argument("--head-dim", type=int, default=D, help="d_qk = d_v of the timed shapes")
     parser.add_argument("--check-tuned-split", action="store_true",
-                        help="also check bf16 with the tuner's configurations and the two-pass backward")
+                        help="also check bf16 with the tuner's configurations and the split backward")
     parser.add_argument("--check-seed", type=int, default=None,
                         help="seed of the first checked batch (default: from the clock, a fresh batch per run)")
     parser.add_argument("--no-extra", action="store_true", help=f"skip {', '.join(EXTRA_VARIANTS)}")
@@ -216,7 +218,11 @@ def main():
                              "element (default: the library's choice, tma with a bias table)")
     parser.add_argument("--tile-loads", choices=("tma", "pointers"), default="tma",
                         help="how unmasked tiles load their streamed operands (default: TMA on Hopper)")
+    parser.add_argument("--bwd-passes", choices=("auto", "1", "2", "3"), default="auto",
+                        help="q, k, v backward: fused (1), dK+dV then dQ (2), dV, dK, dQ (3); checked and timed "
+                             "(default: the library's choice)")
     args = parser.parse_args()
+    hstu_mod._BWD_PASSES = None if args.bwd_passes == "auto" else int(args.bwd_passes)
     D = args.head_dim
     if args.dq_atomics is not None:
         hstu_mod._DQ_TMA = args.dq_atomics == "tma"
@@ -238,7 +244,7 @@ def main():
         timing="triton.testing.do_bench median, warmup 25 ms, rep 100 ms",
         flops="fwd = sum_seq 2*H*(d_qk+d_v)*L^2/2; fwd+bwd = 3.5x", checks={},
         dq_atomics={None: "tma with a bias table", True: "tma", False: "elementwise"}[hstu_mod._DQ_TMA],
-        tile_loads=args.tile_loads,
+        tile_loads=args.tile_loads, bwd_passes=args.bwd_passes,
         shapes=[],
     )
 

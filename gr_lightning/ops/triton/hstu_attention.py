@@ -10,11 +10,11 @@ the streamed operands of unmasked tiles by TMA on Hopper (``_head_descriptors``)
 
 The backward recomputes ``S = alpha * Q K^T + bias`` per tile and iterates over query tiles for a fixed
 key tile (accumulating dK, dV in registers; dQ by fp32 atomics). Wide heads (d = 256) split it into a
-dV pass, a dK pass and a dQ pass over query tiles, each holding one accumulator. The bias-table gradients come from a
-second kernel that sums ``dS`` over heads per (query tile, key tile), walking the tiles of one diagonal
-(``start_m - start_n`` fixed) per program: the temporal gradient is reduced per tile, the positional one
-summed in registers and reduced once per diagonal. This keeps those reductions' registers out of the
-dK/dV kernel. Semantics match
+dV pass, a dK pass and a dQ pass over query tiles, each holding one accumulator (``_backward_passes``).
+The bias-table gradients come from a second kernel that sums ``dS`` over heads per (query tile, key
+tile), walking the tiles of one diagonal (``start_m - start_n`` fixed) per program: the temporal gradient
+is reduced per tile, the positional one summed in registers and reduced once per diagonal. This keeps
+those reductions' registers out of the dK/dV kernel. Semantics match
 :func:`gr_lightning.ops.pytorch.hstu_attention` exactly.
 """
 
@@ -903,6 +903,12 @@ _QO_TMA_FUSED = False
 #: (dK and dV in one pass without the dQ tile measured 13% slower at 32x2048: ``*_kv_passes_1.json``.)
 _SPLIT_BWD_ABOVE = 256
 
+#: Passes of the q, k, v backward: 1 (fused: dK, dV and dQ tiles), 2 (dK and dV, then dQ), 3 (dV, dK, dQ);
+#: None: 3 above ``_SPLIT_BWD_ABOVE``, else 1. At d = 128 with both bias tables the fused kernel spills,
+#: yet stays fastest: 32x4096 bf16 fwd+bwd 11.02 ms fused, 11.80 ms in 2 passes, 13.73 ms in 3
+#: (``attention_h100_bwd_passes_{1,2,3}.json``).
+_BWD_PASSES: int | None = None
+
 #: CUDA's limit on grid axes 1 and 2.
 _MAX_GRID_Y = 65535
 
@@ -1036,6 +1042,15 @@ def _dq_tma(dq32: Tensor, meta: dict) -> bool:
             and meta["D_QK"] == meta["BLOCK_DQK"] and dq32.shape[0] < 2**31)
 
 
+def _backward_passes(meta: dict) -> int:
+    """How many passes the q, k, v backward takes (see ``_BWD_PASSES``)."""
+    if _BWD_PASSES is not None:
+        if _BWD_PASSES not in (1, 2, 3):
+            raise ValueError(f"_BWD_PASSES must be 1, 2, 3 or None, not {_BWD_PASSES!r}")
+        return _BWD_PASSES
+    return 3 if meta["BLOCK_DQK"] + meta["BLOCK_DV"] > _SPLIT_BWD_ABOVE else 1
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -1133,7 +1148,8 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
               pos_exp, time_table, timestamps, next_ts, grad_pos: bool, grad_time: bool):
     total, num_heads = q.shape[:2]
     meta = _meta(q, v, _flags(num_targets, num_contextual, window, pos_exp, time_table))
-    split = meta["BLOCK_DQK"] + meta["BLOCK_DV"] > _SPLIT_BWD_ABOVE  # see _SPLIT_BWD_ABOVE
+    passes = _backward_passes(meta)
+    split = passes > 1
     # (sum_N, H, d_qk): written once by the dQ pass, or accumulated in fp32 by atomics
     dq = _alloc(q) if split else torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     dk = _alloc(k)  # (sum_N, H, d_qk)
@@ -1161,7 +1177,9 @@ def _backward(do, q, k, v, offsets, max_len, alpha, scale_len, num_targets, num_
         grid = partial(_grid, batch * num_heads, max_len, "BLOCK_N", tile_major)
         bwd_meta = meta | {"TILE_MAJOR": tile_major, "DQ_TMA": dq_tma, "QO_TMA": qo_tma}
         if split:
-            for part in ({"WITH_DK": False, "WITH_DV": True}, {"WITH_DK": True, "WITH_DV": False}):
+            parts = ([{"WITH_DK": True, "WITH_DV": True}] if passes == 2
+                     else [{"WITH_DK": False, "WITH_DV": True}, {"WITH_DK": True, "WITH_DV": False}])
+            for part in parts:
                 _launch(_hstu_bwd_kernel, _bwd_tuned, _INTERPRET_BWD_BLOCKS, grid, args,
                         bwd_meta | part | {"WITH_DQ": False})
             dq_args = [q, k, v, do, dq, *tables, k_desc, v_desc, *in_strides, dq.stride(0), dq.stride(1), *scalars,

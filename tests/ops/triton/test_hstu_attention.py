@@ -249,12 +249,24 @@ def test_tuner_candidates_fit_in_shared_memory(kernel, head_dim, bucket):
         assert len(shapes) == len(set(shapes))
 
 
+@pytest.mark.parametrize("passes", [2, 3])
 @pytest.mark.parametrize("query_blocks", [(16, 16), (32, 16)])
-def test_backward_split_for_wide_heads(query_blocks, monkeypatch):
-    """Wide heads run the q, k, v backward as a dV, a dK and a dQ pass; each must cover every tile."""
-    monkeypatch.setattr(triton_mod, "_SPLIT_BWD_ABOVE", 0)
+def test_backward_in_passes(passes, query_blocks, monkeypatch):
+    """The q, k, v backward as a dK + dV pass and a dQ pass, or as dV, dK and dQ passes: each covers every tile."""
+    monkeypatch.setattr(triton_mod, "_BWD_PASSES", passes)
     monkeypatch.setattr(triton_mod, "_INTERPRET_FWD_BLOCKS", query_blocks)
     _run_both(_case(19, [20, 13, 1], targets=[3, 2, 0], pos=True, time=True), num_contextual=2, window=6)
+
+
+def test_backward_passes_rule(monkeypatch):
+    """Wide heads (d = 256) take three passes and narrower ones the fused kernel; an override is checked."""
+    assert triton_mod._backward_passes({"BLOCK_DQK": 256, "BLOCK_DV": 256}) == 3
+    assert triton_mod._backward_passes({"BLOCK_DQK": 128, "BLOCK_DV": 128}) == 1
+    monkeypatch.setattr(triton_mod, "_BWD_PASSES", 2)
+    assert triton_mod._backward_passes({"BLOCK_DQK": 256, "BLOCK_DV": 256}) == 2
+    monkeypatch.setattr(triton_mod, "_BWD_PASSES", 4)
+    with pytest.raises(ValueError, match="_BWD_PASSES must be 1, 2, 3 or None, not 4"):
+        triton_mod._backward_passes({"BLOCK_DQK": 128, "BLOCK_DV": 128})
 
 
 @pytest.mark.parametrize("tma", [True, False])
@@ -267,7 +279,7 @@ def test_tiles_loaded_by_descriptor_or_pointer(tma, split, monkeypatch):
     monkeypatch.setattr(triton_mod, "_HEAD_TMA", tma)
     monkeypatch.setattr(triton_mod, "_QO_TMA_FUSED", True)  # Q, dO by TMA in the fused backward too
     if split:
-        monkeypatch.setattr(triton_mod, "_SPLIT_BWD_ABOVE", 0)
+        monkeypatch.setattr(triton_mod, "_BWD_PASSES", 3)
     case = _case(20, [61, 40, 9], targets=[4, 0, 2], pos=True, time=True)
     case["pos_bias"] = torch.randn(2 * 64 - 1, generator=torch.Generator().manual_seed(6))
     assert triton_mod._head_descriptors(case["k"], case["v"], triton_mod._meta(case["q"], case["v"], {}))[2] == tma

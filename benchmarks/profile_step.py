@@ -58,6 +58,27 @@ def _graph_check(model: GRModule, batch) -> dict:
     return {"max_rel_err_output": errs[0], "max_rel_err_grads": max(errs[1:]), "tensors_compared": len(errs)}
 
 
+def model_from_config(cfg: dict, kernel: str, cuda_graphs: bool, num_items: int, max_seq_len: int) -> GRModule:
+    """The config's GRModule, with this script's backbone kernel and CUDA-graph choice over the config's own.
+
+    Args:
+        cfg: A shipped config as loaded from YAML (``model`` as class_path + init_args, or flat).
+        kernel: Backbone kernel, for backbones that take one.
+        cuda_graphs: Replay the backbone from CUDA graphs.
+        num_items: Item vocabulary of the data.
+        max_seq_len: Longest training sequence.
+    """
+    model_cfg = dict(cfg["model"].get("init_args", cfg["model"]))
+    bb = model_cfg.pop("backbone")
+    model_cfg.pop("optimizer", None)
+    cls = next(c for c in registry().values() if f"{c.__module__}.{c.__qualname__}" == bb["class_path"])
+    bb_args = dict(bb.get("init_args", {}))
+    if "kernel" in bb_args:
+        bb_args["kernel"] = kernel
+    model_cfg["cuda_graphs"] = cuda_graphs  # the flag wins over the config's value
+    return GRModule(partial(cls, **bb_args), num_items, max_seq_len, **model_cfg)
+
+
 def main() -> None:
     """Build the model of a config, time train and eval steps, print the top profiler rows."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -78,19 +99,11 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = yaml.safe_load(Path(args.config).read_text())
-    model_cfg = dict(cfg["model"].get("init_args", cfg["model"]))  # class_path + init_args, or flat
-    bb = model_cfg.pop("backbone")
-    model_cfg.pop("optimizer", None)
-    cls = next(c for c in registry().values() if f"{c.__module__}.{c.__qualname__}" == bb["class_path"])
-    bb_args = dict(bb.get("init_args", {}))
-    if "kernel" in bb_args:
-        bb_args["kernel"] = args.kernel
     dm = RetrievalDataModule(MovieLens1M(root=args.data_root, ratings_file="ratings_users_1-2999.dat.gz"),
                              max_seq_len=cfg["data"]["init_args"]["max_seq_len"], cache_dir="/tmp/gr-cache")
     dm.setup("fit")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = GRModule(partial(cls, **bb_args), dm.num_items, dm.max_seq_len, cuda_graphs=args.cuda_graphs,
-                     **model_cfg).to(device)
+    model = model_from_config(cfg, args.kernel, args.cuda_graphs, dm.num_items, dm.max_seq_len).to(device)
     opt_args = dict(cfg["model"].get("init_args", cfg["model"]).get("optimizer", {}).get("init_args", {}))
     opt_args.setdefault("lr", 1e-3)
     if args.fused_adamw:

@@ -17,10 +17,16 @@ def _is_seed_file(data: dict) -> bool:
     return len(data.get("seeds") or []) >= 2
 
 
-def _concurrent(data: dict) -> str:
-    """The label of seconds per epoch measured while other runs shared the GPU ("" for solo runs)."""
-    n = data.get("concurrent_runs", 1)
-    return f" ({n} concurrent)" if n > 1 else ""
+def _concurrent(data: dict, runs: list[dict]) -> str:
+    """The label of seconds per epoch measured while other runs shared the GPU ("" for solo runs).
+
+    Each run's own count where it has one (a resumed file mixes invocations), else the file's.
+    """
+    counts = [r.get("concurrent_runs", data.get("concurrent_runs", 1)) for r in runs] or [1]
+    lo, hi = min(counts), max(counts)
+    if hi <= 1:
+        return ""
+    return f" ({hi} concurrent)" if lo == hi else f" ({lo}-{hi} concurrent)"
 
 
 def _training_prefix(config: str, data: dict, command: str) -> str:
@@ -44,7 +50,7 @@ def _training_rows(path: Path) -> list[str]:
         t = run["test"]
         rows.append(
             f"{prefix} {run['epochs_run']} | {run['best_val_epoch']} | "
-            f"{run['seconds_per_epoch_median']:.2f}{_concurrent(data)} | "
+            f"{run['seconds_per_epoch_median']:.2f}{_concurrent(data, [run])} | "
             f"{t['hr_10']:.4f} | {t['ndcg_10']:.4f} | {t['hr_50']:.4f} | {t['ndcg_50']:.4f} | {t['mrr']:.4f} | "
             f"`{path.name}` |"
         )
@@ -76,7 +82,7 @@ def _seed_rows(path: Path, data: dict) -> list[str]:
         rows.append(
             f"{_training_prefix(label, data, next((r['command'] for r in runs if 'command' in r), ''))} "
             f"{_span([r['epochs_run'] for r in ok])} | {_span([r['best_val_epoch'] for r in ok])} | "
-            f"{_mean_sd(summary['seconds_per_epoch_median'], 2)}{_concurrent(data) if ok else ''} | "
+            f"{_mean_sd(summary['seconds_per_epoch_median'], 2)}{_concurrent(data, ok)} | "
             + " | ".join(_mean_sd(summary["test"][k], 4) for k in _TABLE_METRICS)
             + f" | `{path.name}` |"
         )

@@ -342,6 +342,12 @@ def test_results_table_rows_for_seed_files_and_unchanged_single_runs(tmp_path):
     assert cells[8] == "0.3100 ± 0.0141"  # HR@10: mean and sample sd of 0.30 and 0.32
     assert cells[-1] == "`ml1m_half_seeds.json`"
 
+    mixed = json.loads(seeds.read_text())  # resumed by another invocation: the runs' own counts differ
+    mixed["runs"][0]["concurrent_runs"], mixed["runs"][2]["concurrent_runs"] = 1, 5
+    seeds.write_text(json.dumps(mixed))
+    (row,) = table._training_rows(seeds)
+    assert [c.strip() for c in row.strip("|").split("|")][7] == "0.60 ± 0.14 (1-5 concurrent)"
+
     legacy = {"device": "H100", "kernel": "pytorch", "precision": "32-true", "runs": [_run("conf/ml-1m/sasrec.yaml",
                                                                                           None, 0.25)]}
     del legacy["runs"][0]["seed"]

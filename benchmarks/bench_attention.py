@@ -90,9 +90,8 @@ def rel_err(x, ref):
 def check(dtype, variant, tol, seed, tuned_split=False):
     """Compare output and every gradient with the float64 reference on a small fresh batch.
 
-    ``tuned_split``: the tuner's configurations (first call, tuning included) and the three-pass backward of
-    wide heads (or the passes of ``--bwd-passes``), instead of one fixed configuration and the backward
-    that ``--bwd-passes`` picks.
+    ``tuned_split``: the tuner's configurations (first call, tuning included) instead of one fixed
+    configuration, and the backward in three passes unless ``--bwd-passes`` names the passes.
     """
     n = 300
     b = make_batch(4, n, 2, 64, 48, dtype, seed=seed, targets=7)

@@ -324,26 +324,36 @@ def _print_compare(path_a: str, path_b: str, tolerance: float) -> None:
     for key in ("data", "epochs"):
         if a.get(key) != b.get(key):
             print(f"warning: the files differ in {key}: {a.get(key)!r} vs {b.get(key)!r}")
-    verdict_head = f"verdict (|A-B| <= {tolerance:g})"
     for config, result in compare(a, b, tolerance).items():
         seeds = result["paired_seeds"]
         print(f"\n{config}\npaired by seed: {len(seeds)} pairs, seeds {seeds}; successful in A only: "
               f"{result['a_only_seeds']}, in B only: {result['b_only_seeds']} (not paired)")
-        print("95% interval: mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n), d = A - B of one seed")
-        print(f"{'metric':9} {'mean A':>7} {'mean B':>7} {'mean d':>8} {'sd(d)':>7} {'SE':>7} {'df':>5} "
-              f"{'95% interval':>20}  {verdict_head}")
-        for metric, r in result["paired"].items():
-            diff, ci = _interval_cells(r)
-            print(f"{metric:9} {_fmt(r['mean_a']):>7} {_fmt(r['mean_b']):>7} {diff:>8} {_fmt(r['sd']):>7} "
-                  f"{_fmt(r['se']):>7} {_fmt(r['df'], 1):>5} {ci:>20}  {r['verdict']}: {r['reason']}")
+        _print_rows("95% interval: mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n), d = A - B of one seed",
+                    f"{'mean A':>7} {'mean B':>7} {'mean d':>8} {'sd(d)':>7}", result["paired"], tolerance,
+                    _paired_cells)
         print("\nWelch, every successful seed of each file")
-        print("95% interval: diff +- t(0.975, Welch df) * sqrt(se_A^2 + se_B^2)")
-        print(f"{'metric':9} {'mean A':>7} {'nA':>3} {'mean B':>7} {'nB':>3} {'A-B':>8} {'SE':>7} "
-              f"{'df':>5} {'95% interval':>20}  {verdict_head}")
-        for metric, r in result["welch"].items():
-            diff, ci = _interval_cells(r)
-            print(f"{metric:9} {_fmt(r['mean_a']):>7} {r['n_a']:3d} {_fmt(r['mean_b']):>7} {r['n_b']:3d} {diff:>8} "
-                  f"{_fmt(r['se']):>7} {_fmt(r['df'], 1):>5} {ci:>20}  {r['verdict']}: {r['reason']}")
+        _print_rows("95% interval: diff +- t(0.975, Welch df) * sqrt(se_A^2 + se_B^2)",
+                    f"{'mean A':>7} {'nA':>3} {'mean B':>7} {'nB':>3} {'A-B':>8}", result["welch"], tolerance,
+                    _welch_cells)
+
+
+def _paired_cells(r: dict, diff: str) -> str:
+    return f"{_fmt(r['mean_a']):>7} {_fmt(r['mean_b']):>7} {diff:>8} {_fmt(r['sd']):>7}"
+
+
+def _welch_cells(r: dict, diff: str) -> str:
+    return f"{_fmt(r['mean_a']):>7} {r['n_a']:3d} {_fmt(r['mean_b']):>7} {r['n_b']:3d} {diff:>8}"
+
+
+def _print_rows(formula: str, head: str, rows: dict[str, dict], tolerance: float, cells) -> None:
+    """One comparison table: its interval formula, a header, and per metric ``cells(row, diff)`` then the
+    standard error, degrees of freedom, interval and verdict."""
+    print(formula)
+    print(f"{'metric':9} {head} {'SE':>7} {'df':>5} {'95% interval':>20}  verdict (|A-B| <= {tolerance:g})")
+    for metric, r in rows.items():
+        diff, ci = _interval_cells(r)
+        print(f"{metric:9} {cells(r, diff)} {_fmt(r['se']):>7} {_fmt(r['df'], 1):>5} {ci:>20}  "
+              f"{r['verdict']}: {r['reason']}")
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any
 
 import torch
@@ -13,6 +12,12 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from gr_lightning.batch import JaggedBatch
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op off CUDA): the host clock then reads the device's time."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class EpochTimer(Callback):
@@ -28,32 +33,28 @@ class EpochTimer(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the epoch clock."""
-        self._sync(pl_module)
+        _synchronize(pl_module.device)
         self._train_start, self._val_s = time.perf_counter(), 0.0
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the validation clock."""
-        self._sync(pl_module)
+        _synchronize(pl_module.device)
         self._val_start = time.perf_counter()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Stop the validation clock."""
-        self._sync(pl_module)
+        _synchronize(pl_module.device)
         self._val_s += time.perf_counter() - self._val_start
         if not trainer.sanity_checking:
             pl_module.log("time/val_epoch_s", self._val_s)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Stop the epoch clock; Lightning runs validation before this hook."""
-        self._sync(pl_module)
+        _synchronize(pl_module.device)
         total = time.perf_counter() - self._train_start
         pl_module.log("time/train_epoch_s", total - self._val_s)
         pl_module.log("time/epoch_s", total)
 
-    @staticmethod
-    def _sync(pl_module: LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
 
 
 def backbone_flops(backbone: nn.Module, tokens: int, sum_sq_len: int) -> float:
@@ -92,52 +93,70 @@ def backbone_flops(backbone: nn.Module, tokens: int, sum_sq_len: int) -> float:
 def training_flops(pl_module: LightningModule, batch: JaggedBatch) -> float:
     """Estimated FLOPs of one training step (forward + backward = 3x forward) of a :class:`GRModule`.
 
-    The forward is the backbone (:func:`backbone_flops`) plus the sampled-softmax scores: every position
-    with a next item against its positive and ``num_negatives + in_batch_negatives`` negatives, ``2 * D``
-    each. Embedding lookups, norms and activations are not counted (they are memory-bound).
+    Reads the batch's lengths on the host; :func:`training_flops_of_counts` takes them as numbers.
     """
     lengths = batch.lengths.to(torch.int64)
-    tokens = int(lengths.sum())
-    flops = backbone_flops(pl_module.backbone, tokens, int((lengths * lengths).sum()))
+    return training_flops_of_counts(pl_module, int(lengths.sum()), int((lengths * lengths).sum()),
+                                    int((lengths > 0).sum()))
+
+
+def training_flops_of_counts(pl_module: LightningModule, tokens: int, sum_sq_len: int, sequences: int) -> float:
+    """Estimated training FLOPs of batches with these totals (linear in each, so steps' totals may be summed).
+
+    The forward is the backbone (:func:`backbone_flops`) plus the sampled-softmax scores: every position
+    with a next item against its positive and ``num_negatives + in_batch_negatives`` negatives, ``2 * D``
+    each. Embedding lookups, norms and activations are not counted (they are memory-bound). The backward
+    is twice the forward.
+
+    Args:
+        pl_module: A :class:`GRModule` (or any module with a ``backbone``).
+        tokens: Events, ``sum_N``.
+        sum_sq_len: ``sum_b L_b^2``.
+        sequences: Non-empty sequences (each has one event without a next item).
+
+    """
+    flops = backbone_flops(pl_module.backbone, tokens, sum_sq_len)
     loss = getattr(pl_module, "loss_fn", None)
     embedding = getattr(pl_module, "item_embedding", None)
     if loss is not None and embedding is not None:
         scored = 1 + int(getattr(loss, "num_negatives", 0)) + int(getattr(loss, "in_batch_negatives", 0))
-        positions = tokens - int((lengths > 0).sum())
-        flops += 2.0 * positions * scored * embedding.embedding_dim
+        flops += 2.0 * (tokens - sequences) * scored * embedding.embedding_dim
     return 3.0 * flops
 
 
 class Throughput(Callback):
-    """Log training samples/s, tokens/s, achieved TFLOP/s and MFU over a sliding window of steps.
+    """Log training samples/s, tokens/s, achieved TFLOP/s and MFU on every step that logs.
 
-    Time runs from one training batch's end to the next (data loading included; the first batch of an
-    epoch counts from its start), so validation is excluded. FLOPs follow :func:`training_flops`. MFU is
-    achieved FLOP/s over the device's peak dense FLOP/s for the run's precision (Lightning's table, e.g.
-    989 TFLOP/s for an H100 SXM in bf16), or over ``peak_flops`` when given; when neither is known (CPU)
-    MFU is not logged at all rather than a made-up number.
+    Rates cover the steps since the previous logging step (``log_every_n_steps``), data loading included,
+    validation excluded: the clock restarts at each epoch's first batch and after validation. The device
+    is synchronised only where the clock starts or reads, so between logging steps the host queues work
+    ahead of the GPU as it would without this callback (a per-step sync serialises host and device, which
+    costs most where a step is short, e.g. a graphed backbone). The batches' lengths are summed on the
+    device meanwhile and read once per interval.
+
+    FLOPs follow :func:`training_flops_of_counts`. MFU is achieved FLOP/s over the device's peak dense
+    FLOP/s for the run's precision (Lightning's table, e.g. 989 TFLOP/s for an H100 SXM in bf16), or over
+    ``peak_flops`` when given; when neither is known (CPU) MFU is not logged at all rather than a made-up
+    number.
 
     Keys: ``throughput/samples_per_s``, ``throughput/tokens_per_s`` (all ranks: per-device value times the
     world size, the sampler balances ranks), ``throughput/device_samples_per_s``,
     ``throughput/device_tokens_per_s``, ``throughput/device_tflops``, ``throughput/mfu``.
 
     Args:
-        window: Steps averaged (at least 1).
         peak_flops: Peak FLOP/s of one device, overriding the lookup.
 
     """
 
-    def __init__(self, window: int = 20, peak_flops: float | None = None) -> None:
+    def __init__(self, peak_flops: float | None = None) -> None:
         super().__init__()
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
         if peak_flops is not None and peak_flops <= 0:
             raise ValueError(f"peak_flops must be positive, got {peak_flops}")
-        self.window = window
         self.peak_flops = peak_flops
-        self._steps: deque[tuple[float, int, int, float]] = deque(maxlen=window)
-        self._last_end: float | None = None
         self._available: float | None = None
+        self._start: float | None = None  # host clock where the interval began; None: restart at the next batch
+        self._samples = self._tokens = 0
+        self._lengths: torch.Tensor | None = None  # (2,) int64 on the batches' device: sum L^2, non-empty sequences
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Resolve the device's peak FLOP/s once."""
@@ -148,32 +167,39 @@ class Throughput(Callback):
             self._available = float(found) if found else None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Restart the window clock (validation and epoch boundaries are not training time)."""
-        self._last_end = None
+        """Restart the interval (epoch boundaries are not training time)."""
+        self._start = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Do not count a mid-epoch validation as training time."""
-        self._last_end = None
+        self._start = None
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        """Start the clock when no batch ended right before this one."""
-        if self._last_end is None:
-            EpochTimer._sync(pl_module)
-            self._last_end = time.perf_counter()
+        """Start the clock after a restart."""
+        if self._start is None:
+            self._restart(pl_module.device)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        """Record the step and log the window's rates."""
-        EpochTimer._sync(pl_module)
-        now = time.perf_counter()
-        start, self._last_end = self._last_end if self._last_end is not None else now, now
-        if not isinstance(batch, JaggedBatch):
+        """Count the batch; on a logging step, read the interval's clock and log its rates."""
+        if not isinstance(batch, JaggedBatch) or self._start is None:
             return
-        self._steps.append((now - start, batch.batch_size, int(batch.items.numel()), training_flops(pl_module, batch)))
-        seconds = sum(s[0] for s in self._steps)
+        lengths = batch.lengths.to(torch.int64)  # (B,)
+        counts = torch.stack([(lengths * lengths).sum(), (lengths > 0).sum()])  # (2,) stays on the device
+        self._lengths = counts if self._lengths is None else self._lengths + counts
+        self._samples += batch.batch_size
+        self._tokens += batch.items.numel()
+        # Lightning's own test, a moment later, of whether this step's metrics reach the logger.
+        if not trainer._logger_connector.should_update_logs:
+            return
+        _synchronize(pl_module.device)
+        seconds = time.perf_counter() - self._start
+        sum_sq, sequences = self._lengths.tolist()
+        flops = training_flops_of_counts(pl_module, self._tokens, sum_sq, sequences)
+        samples, tokens = self._samples, self._tokens
+        self._restart(pl_module.device, synced=True)
         if seconds <= 0:
             return
-        samples, tokens, flops = (sum(s[i] for s in self._steps) for i in (1, 2, 3))
         world = trainer.world_size
         metrics = {
             "throughput/device_samples_per_s": samples / seconds,
@@ -184,4 +210,13 @@ class Throughput(Callback):
         }
         if self._available:
             metrics["throughput/mfu"] = flops / seconds / self._available
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.batch_size)
+        # Host tensors: a Python float would become a device tensor, a blocking copy per metric.
+        pl_module.log_dict({k: torch.tensor(v, dtype=torch.float64) for k, v in metrics.items()}, on_step=True,
+                           on_epoch=False, batch_size=batch.batch_size)
+
+    def _restart(self, device: torch.device, synced: bool = False) -> None:
+        if not synced:
+            _synchronize(device)
+        self._start = time.perf_counter()
+        self._samples = self._tokens = 0
+        self._lengths = None

@@ -57,8 +57,10 @@ def pad_for_graph(x: Tensor, offsets: Tensor, timestamps: Tensor, query_times: T
     padded = -(-max(rows, 1) // row_bucket) * row_bucket
     pad = padded - rows
     slots = -(-row_bucket // max_len)
-    lengths = [min(max_len, max(pad - i * max_len, 0)) for i in range(slots)]  # K padding sequences
-    ends = rows + torch.tensor(lengths, dtype=offsets.dtype).cumsum(0).to(offsets.device)  # (K,)
+    # The K padding sequences take max_len rows each until the padding runs out; built on the device, as a
+    # host tensor copied over would wait for the GPU.
+    full = torch.arange(1, slots + 1, dtype=offsets.dtype, device=offsets.device) * max_len  # (K,)
+    ends = rows + full.clamp(max=pad)  # (K,)
     qt = None
     if query_times is not None:
         qt = torch.cat([query_times, query_times.new_zeros(slots)])  # (B + K,)

@@ -19,7 +19,7 @@ from gr_lightning.batch import JaggedBatch
 from gr_lightning.compilation import compile_backbone_blocks
 from gr_lightning.graphed_backbone import GraphedBackbone
 from gr_lightning.metrics import DEFAULT_HR_KS, DEFAULT_NDCG_KS, RetrievalMetrics, target_ranks
-from gr_lightning.nn import PositionalInputEncoder, SampledSoftmaxLoss, next_item_pairs
+from gr_lightning.nn import PositionalInputEncoder, SampledSoftmaxLoss, next_item_targets
 from gr_lightning.retrieval_topk import chunked_top_k
 from gr_lightning.zoo import Backbone
 
@@ -38,6 +38,18 @@ def optimizers_from_factories(params: Iterable[nn.Parameter], optimizer: Optimiz
     if lr_scheduler is None:
         return built
     return {"optimizer": built, "lr_scheduler": lr_scheduler(built)}
+
+
+def log_training_loss(module: L.LightningModule, loss: Tensor, batch_size: int) -> None:
+    """Log a training step's loss without making the host wait for the device.
+
+    ``train/loss`` goes to the logger per step (read once every ``log_every_n_steps``). The progress bar
+    shows ``train/loss_epoch``, the previous epoch's mean (the running mean stays on the device): Lightning
+    turns every progress-bar value into a number after every batch, which for a per-step loss would stop
+    the host each step until the GPU caught up (Lightning issue #21232).
+    """
+    module.log("train/loss", loss, batch_size=batch_size)
+    module.log("train/loss_epoch", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
 
 
 class GRModule(L.LightningModule):
@@ -163,10 +175,12 @@ class GRModule(L.LightningModule):
 
     def training_step(self, batch: JaggedBatch, batch_idx: int) -> Tensor:
         """Sampled-softmax loss over every position that has a next item."""
-        out = self.encode(batch)
-        rows, positives = next_item_pairs(batch.items, batch.offsets)
-        loss = self.loss_fn(out[rows], positives, self.item_table(), self.item_log_q)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch.batch_size)
+        out = self.encode(batch)  # (sum_N, D)
+        # Every row is scored and the last of each sequence masked out: no data-dependent shape, so no
+        # host sync. The in-batch negatives' pool is then every event of the batch (item_log_q counts all).
+        positives, has_next = next_item_targets(batch.items, batch.offsets)  # (sum_N,) each
+        loss = self.loss_fn(out, positives, self.item_table(), self.item_log_q, mask=has_next)
+        log_training_loss(self, loss, batch.batch_size)
         return loss
 
     def _ranks(self, batch: JaggedBatch) -> Tensor:

@@ -17,6 +17,7 @@ from gr_lightning.data import RetrievalDataModule, Synthetic
 from gr_lightning.module import GRModule
 from gr_lightning.zoo.hstu import HSTU
 from gr_lightning.zoo.sasrec import SASRec
+from tests.host_reads import HostReads
 
 
 def _model(num_items: int = 100, max_seq_len: int = 16) -> GRModule:
@@ -42,29 +43,85 @@ def test_softmax_backbone_counts_attention_at_model_width():
     assert backbone_flops(backbone, 10, 50) == 2 * 10 * linear + 2 * 2 * 8 * 50 / 2
 
 
+class _Recorder(L.Callback):
+    """Keeps every training batch, and the ops that would wait for the device in the steps that do not log.
+
+    It records from a step's start to the next step's start (Lightning's own per-batch work included), but
+    not in the optimizer's step: Adam's step counters are host tensors on a GPU as well, while on this
+    CPU machine every tensor is a host tensor. It must run before the callbacks it checks.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[JaggedBatch] = []
+        self.reads: list[str] = []
+        self._mode: HostReads | None = None
+
+    def _record(self, trainer) -> None:
+        if not trainer._logger_connector.should_update_logs:  # a step whose metrics stay on the device
+            self._mode = HostReads()
+            self._mode.__enter__()
+
+    def _stop(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self.reads += self._mode.ops
+            self._mode = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._stop()
+        self.batches.append(batch)
+        self._record(trainer)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._stop()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._record(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._stop()
+
+
 @pytest.mark.parametrize("peak", [None, 1e9])
-def test_throughput_logs_rates_and_mfu_only_with_a_known_peak(tmp_path, peak):
+def test_throughput_rates_need_no_per_step_sync(tmp_path, monkeypatch, peak):
     data = RetrievalDataModule(Synthetic(num_users=64, num_items=100, min_len=5, max_len=20), max_seq_len=16,
-                               batch_size=16, cache_dir=str(tmp_path / "cache"))
-    monitor = Throughput(window=2, peak_flops=peak)
-    trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                               batch_size=16, cache_dir=str(tmp_path / "cache"))  # 4 steps per epoch
+    syncs, clock = [], iter(float(t) for t in range(1000))
+    monkeypatch.setattr("gr_lightning.callbacks._synchronize", lambda device: syncs.append(device))
+    monkeypatch.setattr("gr_lightning.callbacks.time.perf_counter", lambda: next(clock))  # one second a read
+    logged: list[dict] = []
+
+    class Capture(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if "throughput/device_tflops" in trainer.callback_metrics and trainer._logger_connector.should_update_logs:
+                logged.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("throughput")})
+
+    recorder = _Recorder()
+    trainer = L.Trainer(accelerator="cpu", max_steps=8, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[monitor])
-    trainer.fit(_model(num_items=data.num_items), datamodule=data)
-    metrics = trainer.callback_metrics
-    for key in ("samples_per_s", "tokens_per_s", "device_samples_per_s", "device_tokens_per_s", "device_tflops"):
-        assert float(metrics[f"throughput/{key}"]) > 0, key
-    assert float(metrics["throughput/tokens_per_s"]) > float(metrics["throughput/samples_per_s"])
+                        log_every_n_steps=3, callbacks=[recorder, Throughput(peak_flops=peak), Capture()])
+    model = _model(num_items=data.num_items)
+    trainer.fit(model, datamodule=data)
+    # Clock starts at both epochs' first batch, reads at steps 3 and 6 (log_every_n_steps): never per step.
+    assert len(syncs) == 4
+    assert recorder.reads == []  # nor does anything else in a non-logging step wait for the device
+    # Step 3 covers steps 1-3 from the epoch's start; step 6 covers step 4 and then, after the restart at
+    # epoch 2, step 5-6 only (the restart's clock read is one second later: 1 s in each interval).
+    first, second = logged[0], logged[-1]
+    assert len(logged) == 2
+    want = sum(training_flops(model, b) for b in recorder.batches[:3]) / 1e12
+    assert first["throughput/device_tflops"] == pytest.approx(want, rel=1e-9)
+    assert first["throughput/device_samples_per_s"] == sum(b.batch_size for b in recorder.batches[:3])
+    assert first["throughput/device_tokens_per_s"] == sum(b.items.numel() for b in recorder.batches[:3])
+    assert second["throughput/device_tflops"] == pytest.approx(
+        sum(training_flops(model, b) for b in recorder.batches[4:6]) / 1e12, rel=1e-9)
     if peak is None:
-        assert "throughput/mfu" not in metrics  # CPU: no peak known, so no made-up MFU
+        assert "throughput/mfu" not in first  # CPU: no peak known, so no made-up MFU
     else:
-        mfu = float(metrics["throughput/mfu"])
-        assert mfu == pytest.approx(float(metrics["throughput/device_tflops"]) * 1e12 / peak, rel=1e-5)
+        assert first["throughput/mfu"] == pytest.approx(first["throughput/device_tflops"] * 1e12 / peak, rel=1e-9)
 
 
 def test_throughput_rejects_bad_arguments():
-    with pytest.raises(ValueError):
-        Throughput(window=0)
     with pytest.raises(ValueError):
         Throughput(peak_flops=0)
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from gr_lightning.graphed_backbone import GraphedBackbone, pad_for_graph
 from gr_lightning.module import GRModule
 from gr_lightning.zoo import get_backbone, registry
+from tests.host_reads import HostReads
 
 DIM, MAX_LEN = 8, 7
 SMALL = {"hstu": {"num_heads": 2, "attention_dim": 4, "linear_dim": 4}, "sasrec": {"num_heads": 2}}
@@ -40,6 +42,16 @@ def test_padding_layout_fixes_the_shapes():
     assert exact.x.shape[0] == 16 and exact.offsets.tolist()[-4:] == [16, 16, 16, 16]  # empty padding sequences
     with pytest.raises(ValueError, match="row_bucket and max_len must be >= 1"):
         pad_for_graph(x, offsets, ts, qt, row_bucket=0, max_len=MAX_LEN)
+
+
+def test_padding_reads_nothing_on_the_host_of_cuda_inputs():
+    """The padding runs before every replay: a host read or a blocking copy there would stall the step."""
+    x, offsets, ts, qt = _inputs([3, 7, 1, 0, 6])
+    with FakeTensorMode():  # CUDA tensors without a GPU: cross-device copies become visible
+        cuda = [torch.tensor(t.tolist(), dtype=t.dtype, device="cuda") for t in (x, offsets, ts, qt)]
+        with HostReads() as reads:
+            pad_for_graph(*cuda, row_bucket=16, max_len=MAX_LEN)
+    assert reads.ops == []
 
 
 @pytest.mark.parametrize("name", sorted(registry()))

@@ -26,22 +26,26 @@ from torch import Tensor, nn
 from gr_lightning.ops import seq_index
 
 
-def next_item_pairs(items: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows that have a next event in their sequence, and that next item.
+def next_item_targets(items: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's next item, and whether the row has one (every row but the last of its sequence).
+
+    Every row keeps its place, so shapes follow ``items`` alone and nothing is read on the host: selecting
+    the rows that have a next item would size a tensor from the data, and the host would wait for the GPU
+    (and a CUDA graph could not hold the step).
 
     Args:
         items: ``(sum_N,)`` item ids.
         offsets: ``(B+1,)``.
 
     Returns:
-        ``(rows, positives)``: query rows ``(P,)`` and their next items ``(P,)``.
+        ``(positives, has_next)``, each ``(sum_N,)``: the next row's item (meaningless where ``has_next`` is
+        False) and the bool mask of the rows that predict one.
 
     """
-    seq, _ = seq_index(offsets, items.numel())
-    rows = torch.arange(items.numel(), device=items.device)
-    has_next = rows + 1 < offsets[1:][seq]
-    rows = rows[has_next]
-    return rows, items[rows + 1]
+    seq, _ = seq_index(offsets, items.numel())  # (sum_N,)
+    rows = torch.arange(items.numel(), device=items.device)  # (sum_N,)
+    has_next = rows + 1 < offsets[1:][seq]  # (sum_N,)
+    return items.roll(-1), has_next  # row i -> items[i + 1]; the last row wraps (has_next is False there)
 
 
 def stream_seed(seed: int, rank: int) -> int:
@@ -135,9 +139,9 @@ class SampledSoftmaxLoss(nn.Module):
 
     # --- the loss ------------------------------------------------------------------------------------
 
-    def forward(self, queries: Tensor, positives: Tensor, item_table: Tensor, item_log_q: Tensor | None = None
-                ) -> Tensor:
-        """Mean loss over positions.
+    def forward(self, queries: Tensor, positives: Tensor, item_table: Tensor, item_log_q: Tensor | None = None,
+                mask: Tensor | None = None) -> Tensor:
+        """Mean loss over the positions in ``mask`` (all when None; 0 when ``mask`` selects none).
 
         Args:
             queries: L2-normalised query embeddings. ``(P, D)``.
@@ -145,6 +149,9 @@ class SampledSoftmaxLoss(nn.Module):
             item_table: L2-normalised item embeddings, row 0 unused. ``(num_items + 1, D)``.
             item_log_q: Log of each item's share of training events ``(num_items + 1,)``; needed for
                 in-batch negatives.
+            mask: ``(P,)`` bool, the positions that count. The others are scored but weigh nothing, which
+                keeps every shape independent of the data (no host sync); their ``positives`` must still be
+                valid item ids, and they stay in the in-batch negatives' pool.
 
         """
         num_items = item_table.shape[0] - 1
@@ -173,4 +180,10 @@ class SampledSoftmaxLoss(nn.Module):
         hit = torch.cat(ids, dim=1) == positives.unsqueeze(1)
         hit[:, 0] = False
         logits = logits.masked_fill(hit, torch.finfo(logits.dtype).min)
-        return F.cross_entropy(logits, torch.zeros_like(positives))
+        if mask is None:
+            return F.cross_entropy(logits, torch.zeros_like(positives))
+        if mask.shape != positives.shape:
+            raise ValueError(f"mask must have the positives' shape {tuple(positives.shape)}, got {tuple(mask.shape)}")
+        losses = F.cross_entropy(logits, torch.zeros_like(positives), reduction="none")  # (P,)
+        weight = mask.to(losses.dtype)  # (P,)
+        return (losses * weight).sum() / weight.sum().clamp(min=1)

@@ -4,20 +4,44 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gr_lightning.nn import PositionalInputEncoder, SampledSoftmaxLoss, next_item_pairs
+from gr_lightning.nn import PositionalInputEncoder, SampledSoftmaxLoss, next_item_targets
+from tests.host_reads import HostReads
 
 
-def test_next_item_pairs_stay_inside_each_sequence():
+def test_next_item_targets_stay_inside_each_sequence():
     items = torch.tensor([5, 6, 7, 8, 9, 10])
-    offsets = torch.tensor([0, 3, 4, 6])
-    rows, positives = next_item_pairs(items, offsets)
-    assert rows.tolist() == [0, 1, 4]
-    assert positives.tolist() == [6, 7, 10]
+    offsets = torch.tensor([0, 3, 3, 4, 6])  # lengths 3, 0, 1, 2
+    positives, has_next = next_item_targets(items, offsets)
+    assert has_next.tolist() == [True, True, False, False, True, False]
+    assert positives[has_next].tolist() == [6, 7, 10]
+    assert positives.shape == items.shape
+
+
+def test_next_item_targets_read_nothing_on_the_host():
+    items, offsets = torch.randint(1, 50, (40,)), torch.tensor([0, 7, 7, 20, 21, 40])
+    with HostReads() as reads:
+        next_item_targets(items, offsets)
+    assert reads.ops == []
+
+
+def test_next_item_targets_of_an_empty_batch():
+    positives, has_next = next_item_targets(torch.zeros(0, dtype=torch.int64), torch.zeros(3, dtype=torch.int64))
+    assert positives.numel() == 0 and has_next.numel() == 0
 
 
 def _table(num_items=30, dim=8, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(num_items + 1, dim, generator=gen), dim=-1), gen
+
+
+def _explicit_losses(queries, positives, table, negatives, temperature):
+    """Per-position sampled-softmax loss written out, accidental hits dropped. ``(P,)``."""
+    losses = []
+    for p in range(queries.shape[0]):
+        logits = [queries[p] @ table[positives[p]]]
+        logits += [queries[p] @ table[n] if n != positives[p] else torch.tensor(-math.inf) for n in negatives[p]]
+        losses.append(-torch.log_softmax(torch.stack(logits) / temperature, 0)[0])
+    return torch.stack(losses)
 
 
 def test_loss_equals_explicit_softmax_with_the_same_negatives():
@@ -29,12 +53,33 @@ def test_loss_equals_explicit_softmax_with_the_same_negatives():
     loss = loss_fn(queries, positives, table)
     torch.manual_seed(123)
     negatives = torch.randint(1, 31, (6, 5))
-    expected = 0.0
-    for p in range(6):
-        logits = [queries[p] @ table[positives[p]]]
-        logits += [queries[p] @ table[n] if n != positives[p] else torch.tensor(-math.inf) for n in negatives[p]]
-        expected += -torch.log_softmax(torch.stack(logits) / 0.1, 0)[0]
-    torch.testing.assert_close(loss, expected / 6)
+    torch.testing.assert_close(loss, _explicit_losses(queries, positives, table, negatives, 0.1).mean())
+
+
+def test_mask_averages_only_the_selected_positions():
+    table, gen = _table()
+    queries = F.normalize(torch.randn(7, 8, generator=gen), dim=-1)
+    positives = torch.randint(1, 31, (7,), generator=gen)
+    mask = torch.tensor([True, False, True, True, False, False, True])
+    loss_fn = SampledSoftmaxLoss(num_negatives=5, temperature=0.1)
+    loss_fn.seed_stream(3)
+    negatives = _draws(loss_fn, n=7, num_items=30)  # what the next call draws, for every position
+    masked = loss_fn(queries, positives, table, mask=mask)
+    expected = _explicit_losses(queries, positives, table, negatives, 0.1)[mask].mean()
+    torch.testing.assert_close(masked, expected)
+
+
+def test_masked_positions_get_no_gradient_and_an_empty_mask_gives_zero():
+    table, gen = _table()
+    queries = F.normalize(torch.randn(5, 8, generator=gen), dim=-1).requires_grad_()
+    positives = torch.randint(1, 31, (5,), generator=gen)
+    mask = torch.tensor([True, False, True, False, False])
+    SampledSoftmaxLoss(num_negatives=4)(queries, positives, table, mask=mask).backward()
+    assert queries.grad[~mask].abs().max() == 0 and queries.grad[mask].abs().max() > 0
+    none = SampledSoftmaxLoss(num_negatives=4)(queries, positives, table, mask=torch.zeros(5, dtype=torch.bool))
+    assert none.item() == 0.0
+    with pytest.raises(ValueError, match="mask must have"):
+        SampledSoftmaxLoss(num_negatives=4)(queries, positives, table, mask=mask[:3])
 
 
 def test_accidental_hits_are_masked():

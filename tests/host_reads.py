@@ -1,0 +1,74 @@
+"""Find the ops that would make the host wait for the GPU, on the CPU test machine.
+
+On CUDA these ops block the host until the device has finished everything queued before them: reading a
+value (``.item()``, ``int(t)``, ``bool(t)``), ops whose output shape depends on the data (boolean-mask
+indexing, ``nonzero``, ``unique``, ``repeat_interleave`` without ``output_size``) and blocking copies
+between host and device. Each one stops the host from queueing work ahead of the GPU, and none can be
+captured in a CUDA graph. ``torch.cuda.set_sync_debug_mode`` finds them on a GPU; :class:`HostReads`
+records the same ops on the CPU by their aten names, so tests can hold a code path to "no host reads".
+
+Copies between devices only show with CUDA tensors: run the code under ``FakeTensorMode`` with tensors
+on a fake ``cuda`` device to see them on the CPU. ``.tolist()`` and ``.numpy()`` of a CPU tensor dispatch no
+op, so they are not seen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+#: Ops that read tensor data on the host or size their output from it.
+_ALWAYS = {
+    aten._local_scalar_dense.default,  # .item(), int(t), float(t), bool(t)
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten.bincount.default,
+    aten.equal.default,
+    aten.is_nonzero.default,
+    aten._unique2.default,
+    aten.unique_consecutive.default,
+    aten.unique_dim.default,
+}
+#: Indexing ops that read the data when an index is a boolean mask.
+_MASK_INDEXING = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
+
+
+def _has_mask(indices: Any) -> bool:
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ())
+
+
+class HostReads(TorchDispatchMode):
+    """Records, by aten name, every op run inside it that makes the host wait for the device.
+
+    Attributes:
+        ops: The names recorded, in call order.
+
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def _reads(self, func: Any, args: tuple, kwargs: dict) -> bool:
+        if func in _ALWAYS:
+            return True
+        if func in _MASK_INDEXING:
+            return _has_mask(args[1] if len(args) > 1 else kwargs.get("indices"))
+        if func is aten.repeat_interleave.Tensor:
+            return kwargs.get("output_size") is None
+        if func in (aten._to_copy.default, aten.copy_.default):
+            src = args[1] if func is aten.copy_.default else args[0]
+            dst_device = args[0].device if func is aten.copy_.default else kwargs.get("device", src.device)
+            blocking = not kwargs.get("non_blocking", func is aten.copy_.default and len(args) > 2 and args[2])
+            return torch.device(dst_device).type != src.device.type and blocking
+        return False
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self._reads(func, args, kwargs):
+            self.ops.append(str(func))
+        return func(*args, **kwargs)

@@ -10,6 +10,7 @@ import cProfile
 import json
 import pstats
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +25,32 @@ from gr_lightning.zoo import registry
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def sync_report(step, batches: list) -> dict:
+    """Run ``step`` on each batch under ``torch.cuda.set_sync_debug_mode("warn")``: the host syncs, by place.
+
+    Every op that makes the host wait for the GPU (``.item()``, a blocking copy, a data-dependent shape)
+    raises a warning there, attributed to the Python line that called it.
+
+    Returns:
+        ``steps``, ``syncs_per_step`` and ``places``: ``{"file:line": count}`` over all the steps.
+
+    """
+    places: dict[str, int] = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for b in batches:
+                step(b)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            key = f"{Path(w.filename).name}:{w.lineno}"
+            places[key] = places.get(key, 0) + 1
+    return {"steps": len(batches), "syncs_per_step": sum(places.values()) / max(len(batches), 1), "places": places}
 
 
 def _graph_check(model: GRModule, batch) -> dict:
@@ -144,6 +171,9 @@ def main() -> None:
         _sync()
         passes_ms.append((time.perf_counter() - t) / args.steps * 1e3)
     train_ms = passes_ms[-1]
+    syncs = sync_report(train_step, train[: args.steps]) if device.type == "cuda" else None
+    if syncs is not None:
+        print("host syncs", syncs, flush=True)
     model.eval()
     with torch.no_grad(), autocast():
         for b in val:
@@ -198,7 +228,7 @@ def main() -> None:
               "optimizer": {"class": "AdamW", **opt_args}, "train_batches": len(train),
               "cuda_graphs": args.cuda_graphs, "graph_check": graph_check,
               "graphs_captured": model._graphed.num_graphs if model._graphed is not None else 0,
-              "train_step_ms": train_ms, "timed_passes_ms": passes_ms, "val_pass_s": val_s,
+              "train_step_ms": train_ms, "timed_passes_ms": passes_ms, "host_syncs": syncs, "val_pass_s": val_s,
               "first_pass_over_train_s": warmup_s,
               "epoch_estimate_s": train_ms * len(train) / 1e3 + val_s, "profile": profile}
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import pytest
 import yaml
@@ -25,3 +26,20 @@ def test_flags_win_over_the_config(kernel, cuda_graphs):
     assert model.hparams["cuda_graphs"] is cuda_graphs
     assert model.backbone.kernel == kernel
     assert model.hparams["num_items"] == 37
+
+
+def test_sync_report_counts_the_warnings_of_sync_debug_mode_by_place(monkeypatch):
+    """On a GPU, ``set_sync_debug_mode("warn")`` warns at every host sync; here a fake step warns instead."""
+    modes = []
+    monkeypatch.setattr(profile_step.torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def step(batch):
+        for _ in range(batch):
+            warnings.warn("called a synchronizing CUDA operation", stacklevel=1)
+        warnings.warn("an unrelated warning", stacklevel=1)
+
+    report = profile_step.sync_report(step, [2, 0, 1])
+    assert modes == ["warn", "default"]  # switched back afterwards
+    assert report["steps"] == 3 and report["syncs_per_step"] == 1.0
+    (place, count), = report["places"].items()
+    assert place.startswith("test_profile_step_benchmark.py:") and count == 3

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from gr_lightning.batch import JaggedBatch
+from gr_lightning.loss_log import is_logging_step
 
 
 def _synchronize(device: torch.device) -> None:
@@ -189,8 +190,7 @@ class Throughput(Callback):
         self._lengths = counts if self._lengths is None else self._lengths + counts
         self._samples += batch.batch_size
         self._tokens += batch.items.numel()
-        # Lightning's own test, a moment later, of whether this step's metrics reach the logger.
-        if not trainer._logger_connector.should_update_logs:
+        if not is_logging_step(trainer):
             return
         _synchronize(pl_module.device)
         seconds = time.perf_counter() - self._start

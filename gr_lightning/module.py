@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from gr_lightning.batch import JaggedBatch
 from gr_lightning.compilation import compile_backbone_blocks
 from gr_lightning.graphed_backbone import GraphedBackbone
+from gr_lightning.loss_log import TrainingLossLogging
 from gr_lightning.metrics import DEFAULT_HR_KS, DEFAULT_NDCG_KS, RetrievalMetrics, target_ranks
 from gr_lightning.nn import PositionalInputEncoder, SampledSoftmaxLoss, next_item_targets
 from gr_lightning.retrieval_topk import chunked_top_k
@@ -40,19 +41,7 @@ def optimizers_from_factories(params: Iterable[nn.Parameter], optimizer: Optimiz
     return {"optimizer": built, "lr_scheduler": lr_scheduler(built)}
 
 
-def log_training_loss(module: L.LightningModule, loss: Tensor, batch_size: int) -> None:
-    """Log a training step's loss without making the host wait for the device.
-
-    ``train/loss`` goes to the logger per step (read once every ``log_every_n_steps``). The progress bar
-    shows ``train/loss_epoch``, the previous epoch's mean (the running mean stays on the device): Lightning
-    turns every progress-bar value into a number after every batch, which for a per-step loss would stop
-    the host each step until the GPU caught up (Lightning issue #21232).
-    """
-    module.log("train/loss", loss, batch_size=batch_size)
-    module.log("train/loss_epoch", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
-
-
-class GRModule(L.LightningModule):
+class GRModule(TrainingLossLogging, L.LightningModule):
     """A generative retrieval model.
 
     Args:
@@ -180,7 +169,7 @@ class GRModule(L.LightningModule):
         # host sync. The in-batch negatives' pool is then every event of the batch (item_log_q counts all).
         positives, has_next = next_item_targets(batch.items, batch.offsets)  # (sum_N,) each
         loss = self.loss_fn(out, positives, self.item_table(), self.item_log_q, mask=has_next)
-        log_training_loss(self, loss, batch.batch_size)
+        self.log_training_loss(loss, batch.batch_size)
         return loss
 
     def _ranks(self, batch: JaggedBatch) -> Tensor:

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from gr_lightning.compilation import compile_backbone_blocks
 from gr_lightning.data.ranking import RankingBatch
-from gr_lightning.module import default_optimizer, log_training_loss, optimizers_from_factories
+from gr_lightning.loss_log import TrainingLossLogging
+from gr_lightning.module import default_optimizer, optimizers_from_factories
 from gr_lightning.ranking.heads import MultiTaskHead
 from gr_lightning.ranking.metrics import BinaryTaskMetrics, RegressionTaskMetrics
 from gr_lightning.ranking.preprocess import RankingPreprocessor, TokenLayout
@@ -35,7 +36,7 @@ from gr_lightning.zoo import Backbone
 BackboneFactory = Callable[[int, int], Backbone]
 
 
-class RankingModule(L.LightningModule):
+class RankingModule(TrainingLossLogging, L.LightningModule):
     """A generative ranking model.
 
     Args:
@@ -180,7 +181,7 @@ class RankingModule(L.LightningModule):
         if self.supervise_history:
             rows, actions = torch.cat([layout.item_rows, rows]), torch.cat([batch.actions, actions])
         loss = self.loss(self.head(out[rows]), self.task_labels(actions))
-        log_training_loss(self, loss, batch.batch_size)
+        self.log_training_loss(loss, batch.batch_size)
         return loss
 
     def _evaluate(self, batch: RankingBatch, metrics: nn.ModuleDict) -> None:

@@ -81,6 +81,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     # Every training loss equals the uninterrupted run's at the same step; the step killed mid-way is replayed.
     assert dict(straight["train/loss"]) == {**dict(before["train/loss"]), **dict(after["train/loss"])}
     assert len(before["train/loss"]) == 10 and len(after["train/loss"]) == 6
+    # The epoch means too: the checkpoint carried epoch 1's running loss sum across the kill.
+    assert before["train/loss_epoch"] + after["train/loss_epoch"] == straight["train/loss_epoch"]
 
 
 def test_two_process_ddp_fit_killed_mid_epoch_resumes_bitwise(ddp_fit, tmp_path):

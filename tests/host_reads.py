@@ -17,7 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from gr_lightning.loss_log import is_logging_step
 
 aten = torch.ops.aten
 
@@ -72,3 +75,52 @@ class HostReads(TorchDispatchMode):
         if self._reads(func, args, kwargs):
             self.ops.append(str(func))
         return func(*args, **kwargs)
+
+
+class HostReadsRecorder(Callback):
+    """Keeps every training batch, and the ops that would wait for the device in the steps that do not log.
+
+    It records from a step's start to the next step's start (Lightning's own per-batch work included), but
+    not in the optimizer's step (Adam's step counters are host tensors on a GPU as well, while on this
+    CPU machine every tensor is a host tensor) nor in validation. It must come before the callbacks it
+    checks. Args: ``fail``: raise at the end of fitting if anything was recorded (for CLI runs).
+    """
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.batches: list[Any] = []
+        self.reads: list[str] = []
+        self._mode: HostReads | None = None
+
+    def _record(self, trainer) -> None:
+        if not is_logging_step(trainer):  # a step whose metrics stay on the device
+            self._mode = HostReads()
+            self._mode.__enter__()
+
+    def _stop(self) -> None:
+        if self._mode is not None:
+            self._mode.__exit__(None, None, None)
+            self.reads += self._mode.ops
+            self._mode = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._stop()
+        self.batches.append(batch)
+        self._record(trainer)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._stop()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._record(trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        self._stop()  # once per epoch: validation reads its metrics
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._stop()
+
+    def on_fit_end(self, trainer, pl_module):
+        """Fail the run (under the CLI) when anything waited; a test holding it may inspect ``reads`` instead."""
+        if self.fail and self.reads:
+            raise AssertionError(f"host reads in training steps that do not log: {sorted(set(self.reads))}")

@@ -17,7 +17,7 @@ from gr_lightning.data import RetrievalDataModule, Synthetic
 from gr_lightning.module import GRModule
 from gr_lightning.zoo.hstu import HSTU
 from gr_lightning.zoo.sasrec import SASRec
-from tests.host_reads import HostReads
+from tests.host_reads import HostReadsRecorder
 
 
 def _model(num_items: int = 100, max_seq_len: int = 16) -> GRModule:
@@ -43,45 +43,6 @@ def test_softmax_backbone_counts_attention_at_model_width():
     assert backbone_flops(backbone, 10, 50) == 2 * 10 * linear + 2 * 2 * 8 * 50 / 2
 
 
-class _Recorder(L.Callback):
-    """Keeps every training batch, and the ops that would wait for the device in the steps that do not log.
-
-    It records from a step's start to the next step's start (Lightning's own per-batch work included), but
-    not in the optimizer's step: Adam's step counters are host tensors on a GPU as well, while on this
-    CPU machine every tensor is a host tensor. It must run before the callbacks it checks.
-    """
-
-    def __init__(self) -> None:
-        self.batches: list[JaggedBatch] = []
-        self.reads: list[str] = []
-        self._mode: HostReads | None = None
-
-    def _record(self, trainer) -> None:
-        if not trainer._logger_connector.should_update_logs:  # a step whose metrics stay on the device
-            self._mode = HostReads()
-            self._mode.__enter__()
-
-    def _stop(self) -> None:
-        if self._mode is not None:
-            self._mode.__exit__(None, None, None)
-            self.reads += self._mode.ops
-            self._mode = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._stop()
-        self.batches.append(batch)
-        self._record(trainer)
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self._stop()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._record(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self._stop()
-
-
 @pytest.mark.parametrize("peak", [None, 1e9])
 def test_throughput_rates_need_no_per_step_sync(tmp_path, monkeypatch, peak):
     data = RetrievalDataModule(Synthetic(num_users=64, num_items=100, min_len=5, max_len=20), max_seq_len=16,
@@ -96,7 +57,7 @@ def test_throughput_rates_need_no_per_step_sync(tmp_path, monkeypatch, peak):
             if "throughput/device_tflops" in trainer.callback_metrics and trainer._logger_connector.should_update_logs:
                 logged.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("throughput")})
 
-    recorder = _Recorder()
+    recorder = HostReadsRecorder()
     trainer = L.Trainer(accelerator="cpu", max_steps=8, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         log_every_n_steps=3, callbacks=[recorder, Throughput(peak_flops=peak), Capture()])

@@ -144,6 +144,19 @@ def main() -> None:
     _print_kv_cache(RESULTS / "kv_cache_h100.json")
     for path in sorted(RESULTS.glob("scale_out_*.json")):
         _print_scale_out(path)
+    for path in sorted(RESULTS.glob("lightning_overhead_*.json")):
+        _print_lightning_overhead(path)
+
+
+def _print_lightning_overhead(path: Path) -> None:
+    data = json.loads(path.read_text())
+    print(f"\n## Host time per training step around the model (`lightning_overhead.py`, `{path.name}`)\n")
+    print(f"A 4 -> 1 linear model, so the time is the loop's own; CPU {data['cpu']}, torch {data['torch']}, "
+          f"Lightning {data['lightning']}, {data['steps']} steps, median of {data['repeats']} runs.\n")
+    print("| loop | host ms per step |")
+    print("|---|---|")
+    for name, ms in data["host_ms_per_step_median"].items():
+        print(f"| {name} | {ms:.2f} |")
 
 
 def _print_layer(path: Path) -> None:

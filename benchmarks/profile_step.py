@@ -9,6 +9,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import sys
 import time
 import warnings
 from functools import partial
@@ -20,6 +21,11 @@ import yaml
 from gr_lightning.data import MovieLens1M, RetrievalDataModule
 from gr_lightning.module import GRModule
 from gr_lightning.zoo import registry
+
+# A script and a module that tests load by file path: its folder goes on sys.path (as in scale_out.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _profile_summary import profile_breakdown
 
 
 def _sync() -> None:
@@ -188,11 +194,19 @@ def main() -> None:
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
+    _sync()
     with torch.profiler.profile(activities=activities) as prof:
+        t = time.perf_counter()
         for b in train[:3]:
             train_step(b)
         _sync()
+        profiled_s = time.perf_counter() - t
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    # Per step: wall time under the profiler, and the GPU's busy and idle time within it (idle: the device
+    # waited for the host).
+    breakdown = profile_breakdown(prof.events(), profiled_s, 3, on_device=device.type == "cuda")
+    if breakdown["device"] is not None:
+        print("per profiled step:", {k: round(v, 3) for k, v in breakdown["device"].items()})
     events = prof.key_averages()
     print(events.table(sort_by=sort, row_limit=25))
     # The profiled steps' totals and top operators go into the JSON, so that notes can cite them.
@@ -207,7 +221,8 @@ def main() -> None:
                "top": [{"name": e.key, "calls": e.count, "cpu_ms": e.cpu_time_total / 1e3,
                         "device_ms": getattr(e, "device_time_total", 0.0) / 1e3} for e in top],
                "top_self_cpu": [{"name": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3}
-                                for e in top_host]}
+                                for e in top_host],
+               "breakdown": breakdown}
     # Host side: which Python functions of the main thread take the step's wall time (a host sync shows up
     # as the function that waits, e.g. Tensor.item or __int__, with a large own time).
     host = cProfile.Profile()

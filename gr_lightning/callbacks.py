@@ -57,7 +57,6 @@ class EpochTimer(Callback):
         pl_module.log("time/epoch_s", total)
 
 
-
 def backbone_flops(backbone: nn.Module, tokens: int, sum_sq_len: int) -> float:
     """Forward FLOPs of a zoo backbone on a batch of ``tokens`` events whose lengths' squares sum to ``sum_sq_len``.
 

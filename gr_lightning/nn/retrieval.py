@@ -154,6 +154,8 @@ class SampledSoftmaxLoss(nn.Module):
                 valid item ids, and they stay in the in-batch negatives' pool.
 
         """
+        if mask is not None and mask.shape != positives.shape:
+            raise ValueError(f"mask must have the positives' shape {tuple(positives.shape)}, got {tuple(mask.shape)}")
         num_items = item_table.shape[0] - 1
         # F.embedding rather than item_table[ids]: its CUDA backward reduces duplicate ids in parallel.
         pos_logit = (queries * F.embedding(positives, item_table)).sum(-1, keepdim=True)  # (P, 1)
@@ -182,8 +184,6 @@ class SampledSoftmaxLoss(nn.Module):
         logits = logits.masked_fill(hit, torch.finfo(logits.dtype).min)
         if mask is None:
             return F.cross_entropy(logits, torch.zeros_like(positives))
-        if mask.shape != positives.shape:
-            raise ValueError(f"mask must have the positives' shape {tuple(positives.shape)}, got {tuple(mask.shape)}")
         losses = F.cross_entropy(logits, torch.zeros_like(positives), reduction="none")  # (P,)
         weight = mask.to(losses.dtype)  # (P,)
         return (losses * weight).sum() / weight.sum().clamp(min=1)

@@ -14,6 +14,7 @@ op, so they are not seen.
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import torch
@@ -44,17 +45,27 @@ def _has_mask(indices: Any) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ())
 
 
+def _caller() -> str:
+    """``file:line`` of the innermost frame that is neither torch's, Lightning's nor this module's."""
+    for frame in reversed(traceback.extract_stack()):
+        if not any(part in frame.filename for part in ("/torch/", "/lightning/", "host_reads.py")):
+            return f"{frame.filename}:{frame.lineno}"
+    return "?"
+
+
 class HostReads(TorchDispatchMode):
     """Records, by aten name, every op run inside it that makes the host wait for the device.
 
     Attributes:
         ops: The names recorded, in call order.
+        places: For each, the innermost calling line outside torch and Lightning (``file:line``).
 
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: list[str] = []
+        self.places: list[str] = []
 
     def _reads(self, func: Any, args: tuple, kwargs: dict) -> bool:
         if func in _ALWAYS:
@@ -74,6 +85,7 @@ class HostReads(TorchDispatchMode):
         kwargs = kwargs or {}
         if self._reads(func, args, kwargs):
             self.ops.append(str(func))
+            self.places.append(_caller())
         return func(*args, **kwargs)
 
 
@@ -90,6 +102,7 @@ class HostReadsRecorder(Callback):
         self.fail = fail
         self.batches: list[Any] = []
         self.reads: list[str] = []
+        self.places: list[str] = []
         self._mode: HostReads | None = None
 
     def _record(self, trainer) -> None:
@@ -101,6 +114,7 @@ class HostReadsRecorder(Callback):
         if self._mode is not None:
             self._mode.__exit__(None, None, None)
             self.reads += self._mode.ops
+            self.places += self._mode.places
             self._mode = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -123,4 +137,5 @@ class HostReadsRecorder(Callback):
     def on_fit_end(self, trainer, pl_module):
         """Fail the run (under the CLI) when anything waited; a test holding it may inspect ``reads`` instead."""
         if self.fail and self.reads:
-            raise AssertionError(f"host reads in training steps that do not log: {sorted(set(self.reads))}")
+            found = sorted({f"{op} at {place}" for op, place in zip(self.reads, self.places, strict=True)})
+            raise AssertionError("host reads in training steps that do not log:\n" + "\n".join(found))

@@ -34,6 +34,10 @@ freedom. For both, "supported" means the whole interval lies inside +-tolerance,
 lies wholly outside, "undecided" anything else, including fewer than two pairs, or fewer than two successful
 seeds on either side (no spread estimate).
 
+``--cold-triton-cache`` gives each run an empty Triton cache of its own, so its first epoch includes every
+compile and autotuning benchmark a new user's first run waits for; the JSON then counts, per run, the
+compiled variants of each kernel.
+
 ``--resume`` keeps the successful runs already in ``--out`` (made with the same settings) and runs only the
 missing or failed (config, seed) pairs, e.g. after a time limit stopped the first invocation.
 """
@@ -61,7 +65,7 @@ _SEED_RANGE = (0, 2**32 - 1)  # Lightning's seed_everything silently draws a ran
 _TAIL_CHARS = 4000  # how much of a failed run's stderr the JSON keeps
 # What a resumed file must share with the invocation that adds runs to it.
 _SAME_ON_RESUME = ("benchmark", "device", "torch", "triton", "data", "epochs", "kernel", "precision", "max_minutes",
-                   "overrides")
+                   "overrides", "cold_triton_cache")
 
 
 def _device() -> dict[str, str]:
@@ -151,6 +155,17 @@ def _read_mlflow(uri: str) -> dict:
     }
 
 
+def triton_compiled(cache_dir: Path) -> dict[str, int]:
+    """How many compiled variants (one per tuned configuration and specialisation) each kernel has in a
+    Triton cache directory, by kernel name: each variant leaves one ``<name>.json`` of metadata in its own
+    folder (the ``__grp__*.json`` files are Triton's index of a variant's files, not variants)."""
+    counts: dict[str, int] = {}
+    for meta in sorted(cache_dir.glob("*/*.json")):
+        if not meta.name.startswith("__grp__") and not meta.name.endswith(".autotune.json"):
+            counts[meta.stem] = counts.get(meta.stem, 0) + 1
+    return counts
+
+
 def _run_one(config: str, seed: int | None, args: argparse.Namespace, concurrent: int, t0: float) -> dict:
     """Train and test one (config, seed) in a fresh temporary directory; a failure becomes a ``failed`` entry."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,10 +174,15 @@ def _run_one(config: str, seed: int | None, args: argparse.Namespace, concurrent
         cmd = _cli_command(config, seed, args, workdir)
         entry = {"config": config, "seed": seed, "command": " ".join(cmd[1:]), "concurrent_runs": concurrent,
                  "max_minutes": args.max_minutes}
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        if args.cold_triton_cache:  # nothing compiled before: the first epoch includes every compile and tuning
+            env["TRITON_CACHE_DIR"] = str(workdir / "triton-cache")
         start = time.perf_counter()
         entry["start_offset_s"] = start - t0  # with concurrent runs, when this one began after the first
-        code, tail = _run_cli(cmd, workdir, {**os.environ, "MLFLOW_TRACKING_URI": uri}, echo=concurrent == 1)
+        code, tail = _run_cli(cmd, workdir, env, echo=concurrent == 1)
         wall = time.perf_counter() - start
+        if args.cold_triton_cache:
+            entry["triton_compiled"] = triton_compiled(workdir / "triton-cache")
         if code != 0:
             return {**entry, "failed": True, "returncode": code, "stderr_tail": tail, "wall_seconds_total": wall}
         try:
@@ -370,6 +390,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-minutes", type=int, default=0, help="cap on training time per run (0: none)")
     parser.add_argument("--seeds", type=int, nargs="+", help="one run per config and seed (default: the config's)")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time, sharing the GPU (default 1)")
+    parser.add_argument("--cold-triton-cache", action="store_true",
+                        help="each run compiles into an empty Triton cache of its own (its first epoch then includes "
+                             "every compile and tuning); the JSON counts the compiled variants per kernel")
     parser.add_argument("--out")
     parser.add_argument("--resume", action="store_true",
                         help="keep the successful runs already in --out (same settings) and run only the others")
@@ -435,7 +458,7 @@ def _resumed_runs(args: argparse.Namespace, result: dict) -> list[dict]:
     path = Path(args.out)
     if not args.resume or not path.exists():
         return []
-    old = json.loads(path.read_text())
+    old = {"cold_triton_cache": False, **json.loads(path.read_text())}  # files written before that option
     for key in _SAME_ON_RESUME:
         if old.get(key) != result[key]:
             sys.exit(f"--resume: {path} has {key}={old.get(key)!r}, this invocation {result[key]!r}; "
@@ -465,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"benchmark": "ml1m-half retrieval", "date": dt.date.today().isoformat(), **_device(),
               "data": f"{args.data_root}/{args.ratings_file}", "epochs": args.epochs, "kernel": args.kernel,
               "precision": args.precision, "max_minutes": args.max_minutes, "overrides": args.extra,
-              "seeds": args.seeds, "concurrent_runs": 1, "runs": []}
+              "cold_triton_cache": args.cold_triton_cache, "seeds": args.seeds, "concurrent_runs": 1, "runs": []}
     kept = _resumed_runs(args, result)
     finished = {(r["config"], r["seed"]) for r in kept}
     plan = [(c, s) for c in args.configs for s in (args.seeds or [None]) if (c, s) not in finished]

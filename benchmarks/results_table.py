@@ -129,6 +129,7 @@ def main() -> None:
     for path in sorted(RESULTS.glob("ml1m_half_*.json")):
         for row in _training_rows(path):
             print(row)
+    _print_cold_starts(sorted(RESULTS.glob("ml1m_half_*.json")))
     attention = sorted(RESULTS.glob("attention_*.json"))
     if attention:
         print("\n## HSTU attention kernels (`bench_attention.py`)\n")
@@ -146,6 +147,26 @@ def main() -> None:
         _print_scale_out(path)
     for path in sorted(RESULTS.glob("lightning_overhead_*.json")):
         _print_lightning_overhead(path)
+
+
+def _print_cold_starts(paths: list[Path]) -> None:
+    """The first epoch of runs that started from an empty Triton cache (``ml1m_retrieval.py --cold-triton-cache``)."""
+    rows = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        for run in data["runs"] if data.get("cold_triton_cache") else []:
+            if not run.get("failed"):
+                compiled = ", ".join(f"{name} {n}" for name, n in sorted(run["triton_compiled"].items()))
+                rows.append(f"| {data['device']} | {data['kernel']} | {data['precision']} | "
+                            f"{run['seconds_per_epoch_first']:.1f} | {run['seconds_per_epoch_median']:.2f} | "
+                            f"{compiled} | `{path.name}` |")
+    if rows:
+        print("\n### First epoch from an empty Triton cache (`--cold-triton-cache`)\n")
+        print("Every kernel compiles and every tuner benchmarks its candidates during the first epoch; the compiled")
+        print("column counts the variants each kernel left in the cache.\n")
+        print("| device | kernel | precision | first epoch s | s/epoch | compiled variants | file |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
 
 
 def _print_lightning_overhead(path: Path) -> None:

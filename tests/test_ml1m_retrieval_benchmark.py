@@ -355,3 +355,51 @@ def test_results_table_rows_for_seed_files_and_unchanged_single_runs(tmp_path):
     assert table._training_rows(tmp_path / "ml1m_half_old.json") == [
         "| ml-1m/sasrec.yaml | H100 | pytorch | 32-true | yes | 101 | 90 | 0.50 | 0.2500 | 0.3000 | 0.2800 | "
         "0.3100 | 0.3300 | `ml1m_half_old.json` |"]
+
+
+def test_cold_triton_cache_gives_each_run_an_empty_cache_and_counts_its_compiled_kernels(tmp_path, monkeypatch):
+    _fake_cli(monkeypatch, fail_seeds=set())
+    seen = []
+
+    fake_run = tmp_path / "fake_run.py"  # a "run" that compiles two forward variants and one backward
+    fake_run.write_text(
+        "import json, os, pathlib, sys\n"
+        "json.dump({'seed': int(sys.argv[1])}, open('fake.json', 'w'))\n"
+        "cache = os.environ.get('TRITON_CACHE_DIR')\n"
+        "for d, name in [('a', '_fwd'), ('b', '_fwd'), ('c', '_bwd')] if cache else []:\n"
+        "    folder = pathlib.Path(cache) / d\n"
+        "    folder.mkdir(parents=True)\n"
+        "    for file in (name + '.json', '__grp__' + name + '.json', name + '.autotune.json'):\n"
+        "        (folder / file).write_text('{}')\n")
+
+    def command(config, seed, args, workdir):
+        seen.append(workdir)
+        return [sys.executable, str(fake_run), str(seed)]
+
+    monkeypatch.setattr(bench, "_cli_command", command)
+    out = tmp_path / "r.json"
+    argv = ["--data-root", "d", "--configs", "conf/ml-1m/hstu-large.yaml", "--seeds", "0", "1", "--out", str(out)]
+    bench.main([*argv, "--cold-triton-cache"])
+    data = json.loads(out.read_text())
+    assert data["cold_triton_cache"] is True
+    assert [r["triton_compiled"] for r in data["runs"]] == [{"_fwd": 2, "_bwd": 1}] * 2
+    assert seen[0] != seen[1]  # a cache of its own per run
+    with pytest.raises(SystemExit, match="cold_triton_cache=True, this invocation False"):
+        bench.main([*argv, "--resume"])
+    bench.main([*argv, "--out", str(tmp_path / "warm.json")])
+    assert all("triton_compiled" not in r for r in json.loads((tmp_path / "warm.json").read_text())["runs"])
+
+
+def test_results_table_lists_first_epochs_of_cold_cache_runs_only(tmp_path, capsys):
+    cold = {"device": "H100", "kernel": "triton", "precision": "32-true", "cold_triton_cache": True,
+            "runs": [{**_run("c", 0, 0.4), "seconds_per_epoch_first": 32.25, "seconds_per_epoch_median": 0.4,
+                       "triton_compiled": {"_fwd": 2, "_bwd": 1}},
+                     {"config": "c", "seed": 1, "failed": True}]}
+    warm = {**cold, "cold_triton_cache": False, "runs": cold["runs"][:1]}
+    (tmp_path / "ml1m_half_cold.json").write_text(json.dumps(cold))
+    (tmp_path / "ml1m_half_warm.json").write_text(json.dumps(warm))
+    table._print_cold_starts(sorted(tmp_path.glob("*.json")))
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| H100")]
+    assert rows == ["| H100 | triton | 32-true | 32.2 | 0.40 | _bwd 1, _fwd 2 | `ml1m_half_cold.json` |"]
+    table._print_cold_starts([tmp_path / "ml1m_half_warm.json"])
+    assert capsys.readouterr().out == ""  # no cold runs: no section

@@ -916,6 +916,15 @@ _MAX_GRID_Y = 65535
 _SHORT_BUCKET = 256
 
 
+#: The only candidates for fp32 inputs in short buckets: compiling fp32 dots is slow (seconds per
+#: configuration), and it is the first run's wait. ML-1M's hstu-large (d = 25, bucket 256, fp32) compiled 13
+#: attention configurations in a cold run, and every kernel picked the 32x32, 4-warp, 2-stage one
+#: (``TRITON_PRINT_AUTOTUNING=1``). With these two candidates per kernel the cold first epoch went from 66 s
+#: to 32-38 s on one H100 (``ml1m_half_h100_triton_graphs_solo_cold_*_session11*.json``). Kernels with none
+#: of these configurations keep their usual candidates.
+_FP32_SHORT_TILES = {(32, 32, 4, 2), (64, 64, 4, 2)}
+
+
 #: Shared memory the tuner may plan for the operand tiles (the H100 allows 227 KB per block; the rest is
 #: left for Triton's layout-conversion scratch).
 _SMEM_BUDGET = 200 * 1024
@@ -940,8 +949,9 @@ def _smem_estimate(config: triton.Config, d_qk: int, d_v: int, elem: int, kernel
 def _prune(configs: list, named_args: dict, kernel: str, **kwargs) -> list:
     """Drop tile shapes that do not suit the length bucket or do not fit in shared memory.
 
-    Short buckets get tiles of at most 64 rows and columns, long ones at least 64; for wide heads
-    (d = 256) only the configurations within ``_SMEM_BUDGET`` stay (the smallest one if none fits).
+    Short buckets get tiles of at most 64 rows and columns (with fp32 inputs only ``_FP32_SHORT_TILES``),
+    long ones at least 64; for wide heads (d = 256) only the configurations within ``_SMEM_BUDGET`` stay
+    (the smallest one if none fits).
     ``kernel`` is ``fwd``, ``bwd``, ``dq`` or ``bias`` (see ``_smem_estimate``).
     """
     short = named_args["MAX_LEN_BUCKET"] <= _SHORT_BUCKET
@@ -950,6 +960,9 @@ def _prune(configs: list, named_args: dict, kernel: str, **kwargs) -> list:
     elem = named_args["Q"].element_size()
     if kernel == "bias" and elem == 4:  # fp32 dots run on FMA units: large tiles only cost compile time
         shaped = [c for c in shaped if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 64 * 64] or shaped
+    if short and elem == 4:  # see _FP32_SHORT_TILES
+        shaped = [c for c in shaped if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                  in _FP32_SHORT_TILES] or shaped
     d_qk, d_v = kwargs["BLOCK_DQK"], kwargs["BLOCK_DV"]
     fits = [c for c in shaped if _smem_estimate(c, d_qk, d_v, elem, kernel) <= _SMEM_BUDGET]
     if kernel == "bias":  # single-buffered tiles only where double buffers do not fit (d = 256)

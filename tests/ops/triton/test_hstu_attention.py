@@ -284,3 +284,18 @@ def test_tiles_loaded_by_descriptor_or_pointer(tma, split, monkeypatch):
     case["pos_bias"] = torch.randn(2 * 64 - 1, generator=torch.Generator().manual_seed(6))
     assert triton_mod._head_descriptors(case["k"], case["v"], triton_mod._meta(case["q"], case["v"], {}))[2] == tma
     _run_both(case, num_contextual=2, scale_len=64)
+
+
+@pytest.mark.parametrize("kernel", ["fwd", "bwd", "bias"])
+def test_fp32_short_buckets_tune_few_tiles(kernel):
+    """fp32 in a short bucket leaves the tuner only the fp32 short-bucket tiles (slow compiles); bf16 keeps more."""
+    configs = {"fwd": triton_mod._FWD_CONFIGS, "bwd": triton_mod._BWD_CONFIGS, "bias": triton_mod._BIAS_CONFIGS}[kernel]
+
+    def kept(dtype: torch.dtype, bucket: int) -> set[tuple[int, int, int, int]]:
+        args = {"MAX_LEN_BUCKET": bucket, "Q": torch.empty(1, dtype=dtype)}
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
+                for c in triton_mod._prune(configs, args, kernel, BLOCK_DQK=32, BLOCK_DV=32)}
+
+    assert kept(torch.float32, 256) == triton_mod._FP32_SHORT_TILES
+    assert len(kept(torch.bfloat16, 256)) > len(triton_mod._FP32_SHORT_TILES)
+    assert kept(torch.float32, 4096) - triton_mod._FP32_SHORT_TILES  # long buckets: the usual candidates

@@ -156,9 +156,12 @@ def _read_mlflow(uri: str) -> dict:
 
 
 def triton_compiled(cache_dir: Path) -> dict[str, int]:
-    """How many compiled variants (one per tuned configuration and specialisation) each kernel has in a
-    Triton cache directory, by kernel name: each variant leaves one ``<name>.json`` of metadata in its own
-    folder (the ``__grp__*.json`` files are Triton's index of a variant's files, not variants)."""
+    """The number of compiled variants of each kernel in a Triton cache directory, by kernel name.
+
+    A variant (one per tuned configuration and specialisation) leaves one ``<name>.json`` of metadata in a
+    folder of its own; ``__grp__*.json`` (Triton's index of a variant's files) and ``*.autotune.json``
+    (cached tuning results) are not variants.
+    """
     counts: dict[str, int] = {}
     for meta in sorted(cache_dir.glob("*/*.json")):
         if not meta.name.startswith("__grp__") and not meta.name.endswith(".autotune.json"):

@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -162,11 +163,8 @@ def triton_compiled(cache_dir: Path) -> dict[str, int]:
     folder of its own; ``__grp__*.json`` (Triton's index of a variant's files) and ``*.autotune.json``
     (cached tuning results) are not variants.
     """
-    counts: dict[str, int] = {}
-    for meta in sorted(cache_dir.glob("*/*.json")):
-        if not meta.name.startswith("__grp__") and not meta.name.endswith(".autotune.json"):
-            counts[meta.stem] = counts.get(meta.stem, 0) + 1
-    return counts
+    return dict(Counter(meta.stem for meta in sorted(cache_dir.glob("*/*.json"))
+                        if not meta.name.startswith("__grp__") and not meta.name.endswith(".autotune.json")))
 
 
 def _run_one(config: str, seed: int | None, args: argparse.Namespace, concurrent: int, t0: float) -> dict:
